@@ -1,0 +1,30 @@
+"""keras_dynloss: dynamical loss functions for Keras 3 / TensorFlow.
+
+Ruiz-Garcia, Zhang, Schoenholz & Liu, "Tilting the playing field: Dynamical loss
+functions for machine learning" (ICML 2021, arXiv 2102.03793); dynamical MSE from
+Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690).
+"""
+
+from keras_dynloss.callbacks import DynamicalLossScheduler
+from keras_dynloss.losses import (
+    DynamicalComponentwiseMeanSquaredError,
+    DynamicalLoss,
+    DynamicalMeanSquaredError,
+    dynamical_componentwise_mean_squared_error,
+    dynamical_crossentropy,
+    dynamical_mean_squared_error,
+)
+from keras_dynloss.schedules import ClassWeightSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClassWeightSchedule",
+    "DynamicalComponentwiseMeanSquaredError",
+    "DynamicalLoss",
+    "DynamicalLossScheduler",
+    "DynamicalMeanSquaredError",
+    "dynamical_componentwise_mean_squared_error",
+    "dynamical_crossentropy",
+    "dynamical_mean_squared_error",
+]

@@ -1,0 +1,320 @@
+"""Class-weight schedules Γ(t): pure functions of the optimizer step.
+
+A schedule maps an integer step ``t`` (any shape) to class weights of shape
+``t.shape + (C,)``. It is the composition of three small pieces:
+
+* the *emphasis*: which classes period ``k = t // T`` emphasises, a 0/1 mask of
+  shape (C,) (cyclic, seeded random permutation per cycle, or explicit groups);
+* the *profile*: how strongly, ``h(φ) ∈ [0, 1]`` of the phase ``φ = (t mod T) / T``;
+* the *normalisation*: raw weights ``w_i = 1 + (A - 1) h(φ) m_i`` rescaled so
+  that ``Σ_i Γ_i = C``.
+
+With ``shape="triangular"`` (the paper's), ``h(φ) = 1 - |2φ - 1|``: the emphasised
+class's raw weight rises linearly from 1 at the period's start to ``A`` at
+``T/2`` and falls back to 1. With ``A = 70, C = 3`` the peak weights are
+``3·70/72 = 2.917`` and ``3/72 = 0.042``. From ``static_after`` on, ``Γ ≡ 1``.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_dynloss._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    invalid,
+)
+
+__all__ = ["ClassWeightSchedule", "triangular", "sine", "square", "PROFILES"]
+
+
+def triangular(phase):
+    """Triangle profile ``h(φ) = 1 - |2φ - 1|``: 0 at the period's ends, 1 at T/2."""
+    return 1.0 - tf.abs(2.0 * phase - 1.0)
+
+
+def sine(phase):
+    """Smooth profile ``h(φ) = sin(π φ)``: same endpoints and peak as the triangle."""
+    return tf.sin(math.pi * phase)
+
+
+def square(phase):
+    """Constant profile ``h(φ) = 1``: the emphasised class holds ``A`` all period."""
+    return tf.ones_like(phase)
+
+
+PROFILES = {"triangular": triangular, "sine": sine, "square": square}
+
+_PRIME = 2147483647  # 2**31 - 1: products of two residues stay below 2**62
+
+
+def _mix(x):
+    """Integer hash of int64 residues in [0, 2**31 - 1) (no overflow anywhere)."""
+    for multiplier, offset, shift in ((48271, 11, 15), (69621, 7, 13), (16807, 3, 16)):
+        x = tf.math.floormod(x * multiplier + offset, _PRIME)
+        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift))
+    return x
+
+
+def _hash_keys(seed, cycle, classes):
+    """Pseudo-random int64 sort keys for (seed, cycle, class), broadcast together."""
+    key = _mix(tf.math.floormod(tf.constant(seed, tf.int64), _PRIME))
+    key = _mix(tf.math.floormod(key + tf.math.floormod(cycle, _PRIME), _PRIME))
+    key = _mix(tf.math.floormod(key + tf.math.floordiv(cycle, _PRIME), _PRIME))
+    return _mix(tf.math.floormod(key + _mix(classes + 1), _PRIME))
+
+
+@keras.saving.register_keras_serializable(package="keras_dynloss")
+class ClassWeightSchedule:
+    """Γ(t): per-class weights of a dynamical loss at optimizer step ``t``.
+
+    ``Γ_i(t) = C · w_i(t) / Σ_j w_j(t)`` (or ``w_i(t)`` if ``normalize=False``), with
+    ``w_i(t) = 1 + (A - 1) · h((t mod T) / T) · m_i(t // T)``, where ``h`` is the
+    profile and ``m(k)`` the 0/1 mask of the classes emphasised in period ``k``.
+    For ``t >= static_after``, ``Γ(t) = 1``.
+
+    Args:
+        num_classes: C, number of classes (>= 2).
+        amplitude: A >= 1, ratio of the emphasised raw weight to the others at
+            the profile's peak. ``A = 1`` gives ``Γ ≡ 1`` (plain loss).
+        period: T, steps per period (> 0). Each period emphasises one group.
+        shape: ``"triangular"`` (the paper's), ``"sine"``, ``"square"``, or a
+            callable ``h(phase) -> tensor`` mapping a float32 phase tensor in
+            [0, 1) to values in [0, 1] of the same shape. A custom callable must
+            be registered with ``keras.saving.register_keras_serializable`` to
+            survive ``model.save``.
+        normalize: rescale so that ``Σ_i Γ_i = C``.
+        class_order: ``"cyclic"`` (period k emphasises group ``k mod G``),
+            ``"random"`` (a fresh seeded permutation of the classes each cycle of
+            ``G`` periods), or an explicit sequence whose items are class indices
+            or sequences of class indices (one group per period, cycled).
+        group_size: classes emphasised together per period, for ``"cyclic"`` and
+            ``"random"`` (consecutive classes for cyclic). ``G = ceil(C / size)``.
+        static_after: step S from which ``Γ ≡ 1`` (the paper's final static
+            period), or None.
+        seed: integer seed of the ``"random"`` order.
+
+    Example:
+        >>> s = ClassWeightSchedule(3, amplitude=70, period=5000)
+        >>> s.weights_at(2500).round(3)
+        array([2.917, 0.042, 0.042])
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        *,
+        amplitude,
+        period,
+        shape="triangular",
+        normalize=True,
+        class_order="cyclic",
+        group_size=1,
+        static_after=None,
+        seed=0,
+    ):
+        self.num_classes = check_int("num_classes", num_classes, minimum=2)
+        self.amplitude = check_number("amplitude", amplitude, minimum=1)
+        self.period = check_int("period", period, minimum=1)
+        if callable(shape):
+            self._profile = shape
+        else:
+            check_choice("shape", shape, tuple(PROFILES))
+            self._profile = PROFILES[shape]
+        self.shape = shape
+        self.normalize = check_bool("normalize", normalize)
+        self.group_size = check_int(
+            "group_size", group_size, minimum=1, maximum=self.num_classes
+        )
+        self.static_after = (
+            None
+            if static_after is None
+            else check_int("static_after", static_after, minimum=0)
+        )
+        self.seed = check_int("seed", seed)
+        self.class_order = self._check_class_order(class_order)
+        self._groups_table = self._build_groups_table()
+        self._tables = {}
+
+    # -- argument checks -------------------------------------------------
+
+    def _check_class_order(self, class_order):
+        if isinstance(class_order, str):
+            return check_choice("class_order", class_order, ("cyclic", "random"))
+        expected = (
+            f"'cyclic', 'random', or a non-empty sequence of class indices in "
+            f"[0, {self.num_classes}) or of non-empty groups of them"
+        )
+        if not isinstance(class_order, (list, tuple)) or not class_order:
+            raise invalid("class_order", expected, class_order)
+        groups = []
+        for item in class_order:
+            group = [item] if isinstance(item, numbers.Integral) else item
+            if not isinstance(group, (list, tuple)) or not group:
+                raise invalid("class_order", expected, class_order)
+            for c in group:
+                if (
+                    isinstance(c, bool)
+                    or not isinstance(c, numbers.Integral)
+                    or not 0 <= c < self.num_classes
+                ):
+                    raise invalid("class_order", expected, class_order)
+            groups.append([int(c) for c in group])
+        return groups
+
+    def _build_groups_table(self):
+        """(G, C) float mask for cyclic/explicit orders; None for random."""
+        c = self.num_classes
+        if self.class_order == "random":
+            return None
+        if self.class_order == "cyclic":
+            groups = [
+                list(range(s, min(s + self.group_size, c)))
+                for s in range(0, c, self.group_size)
+            ]
+        else:
+            groups = self.class_order
+        table = np.zeros((len(groups), c), np.float32)
+        for g, members in enumerate(groups):
+            table[g, members] = 1.0
+        return table
+
+    @property
+    def num_groups(self):
+        """G: periods per cycle (groups emphasised in turn)."""
+        if self._groups_table is not None:
+            return self._groups_table.shape[0]
+        return -(-self.num_classes // self.group_size)
+
+    # -- the schedule ----------------------------------------------------
+
+    def emphasis(self, period_index):
+        """0/1 mask of the emphasised classes, shape ``period_index.shape + (C,)``.
+
+        Args:
+            period_index: int64 tensor ``k = t // T`` of any shape.
+        """
+        k = tf.convert_to_tensor(period_index, tf.int64)
+        g = self.num_groups
+        slot = tf.math.floormod(k, g)
+        if self._groups_table is not None:
+            return tf.gather(tf.constant(self._groups_table), slot)
+        # Random order: cycle m = k // G shuffles the classes by sorting integer
+        # hash keys of (seed, m, c); rank r_c of class c puts it in group
+        # r_c // group_size. Plain int64 arithmetic, so eager, graph and XLA agree.
+        cycle = tf.math.floordiv(k, g)
+        classes = tf.range(self.num_classes, dtype=tf.int64)
+        keys = _hash_keys(self.seed, cycle[..., None], classes)
+        ranks = tf.argsort(tf.argsort(keys, stable=True), stable=True)
+        group_of_class = ranks // self.group_size
+        return tf.cast(
+            tf.equal(group_of_class, tf.cast(slot, tf.int32)[..., None]), tf.float32
+        )
+
+    def __call__(self, step, dtype="float32"):
+        """Γ(step) as a tensor of shape ``step.shape + (C,)``.
+
+        For cyclic and explicit orders Γ is periodic with period ``G·T``; when that
+        table has at most ``2**20`` entries it is computed once by :meth:`formula`
+        and looked up (two ops per step instead of about fifteen).
+
+        Args:
+            step: integer step(s) ``t >= 0``, any shape; int64 is used inside so
+                very large steps are exact.
+            dtype: float dtype of the result.
+        """
+        dtype = tf.as_dtype(dtype)
+        t = tf.cast(step, tf.int64)
+        table = self._table(dtype)
+        if table is None:
+            return self.formula(t, dtype)
+        gamma = tf.gather(table, tf.math.floormod(t, table.shape[0]))
+        if self.static_after is not None:
+            gamma = tf.where((t >= self.static_after)[..., None], tf.ones_like(gamma), gamma)
+        return gamma
+
+    def _table(self, dtype):
+        if self._groups_table is None or self.amplitude == 1:
+            return None if self.amplitude != 1 else tf.ones((1, self.num_classes), dtype)
+        length = self.num_groups * self.period
+        if length * self.num_classes > 2**20:
+            return None
+        key = dtype.name
+        if key not in self._tables:
+            with tf.init_scope():
+                steps = tf.range(length, dtype=tf.int64)
+                self._tables[key] = self.formula(steps, dtype, static=False)
+        return self._tables[key]
+
+    def formula(self, step, dtype="float32", static=True):
+        """Γ(step) computed from its definition (see the class docstring)."""
+        dtype = tf.as_dtype(dtype)
+        t = tf.cast(step, tf.int64)
+        k = tf.math.floordiv(t, self.period)
+        phase = tf.cast(t - k * self.period, tf.float32) / float(self.period)
+        h = tf.cast(self._profile(phase), dtype)
+        mask = tf.cast(self.emphasis(k), dtype)
+        raw = 1.0 + (self.amplitude - 1.0) * h[..., None] * mask
+        if self.normalize:
+            gamma = (self.num_classes * raw) / tf.reduce_sum(raw, -1, keepdims=True)
+        else:
+            gamma = raw
+        if static and self.static_after is not None:
+            gamma = tf.where((t >= self.static_after)[..., None], tf.ones_like(gamma), gamma)
+        return gamma
+
+    def weights_at(self, step):
+        """Γ(step) as a NumPy array: shape (C,) for a scalar step, else
+        ``np.shape(step) + (C,)``. Runs the same function the graph runs."""
+        step = np.asarray(step)
+        if (
+            step.dtype.kind not in "iu"
+            or np.any(step < 0)
+            or np.any(step > np.iinfo(np.int64).max)
+        ):
+            raise invalid("step", "non-negative integer step(s) < 2**63", step.tolist())
+        return self(tf.constant(step, tf.int64)).numpy()
+
+    def emphasized_at(self, step):
+        """Indices of the classes emphasised at ``step`` (empty when static or A=1)."""
+        step = int(step)
+        if self.amplitude == 1 or (
+            self.static_after is not None and step >= self.static_after
+        ):
+            return np.zeros((0,), np.int64)
+        mask = self.emphasis(tf.constant(step // self.period, tf.int64)).numpy()
+        return np.flatnonzero(mask)
+
+    # -- serialization ---------------------------------------------------
+
+    def get_config(self):
+        shape = self.shape
+        if callable(shape):
+            shape = keras.saving.serialize_keras_object(shape)
+        return {
+            "num_classes": self.num_classes,
+            "amplitude": self.amplitude,
+            "period": self.period,
+            "shape": shape,
+            "normalize": self.normalize,
+            "class_order": self.class_order,
+            "group_size": self.group_size,
+            "static_after": self.static_after,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("shape"), dict):
+            config["shape"] = keras.saving.deserialize_keras_object(config["shape"])
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"ClassWeightSchedule({args})"

@@ -1,0 +1,274 @@
+"""DynamicalLoss inside model.fit: exact Γ(t) in every Keras training mode."""
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import numpy_gamma, tiny_mlp
+import keras_dynloss as kd
+
+C, A, T, LR = 3, 30.0, 8, 0.5
+
+
+def _repeat(x, y, sample_weight=None):
+    items = (x, y) if sample_weight is None else (x, y, sample_weight)
+    return tf.data.Dataset.from_tensors(items).repeat()
+
+
+def _fit(x, y, steps, *, spe=1, jit=False, callbacks=(), model=None, **loss_kwargs):
+    model = model or tiny_mlp()
+    loss = kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True, **loss_kwargs)
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss, steps_per_execution=spe,
+                  jit_compile=jit)
+    history = model.fit(_repeat(x, y), steps_per_epoch=steps, epochs=1, verbose=0,
+                        callbacks=[kd.DynamicalLossScheduler(), *callbacks])
+    return model, history
+
+
+def _reference_loop(x, y, steps, class_weight=None):
+    """Full-batch GD written out by hand, Γ(t) from the NumPy re-derivation."""
+    model = tiny_mlp()
+    cw = np.ones(C) if class_weight is None else np.array([class_weight[i] for i in range(C)])
+    for t in range(steps):
+        gamma = numpy_gamma(t, C, A, T)
+        w = tf.constant((gamma * cw)[y], tf.float32)
+        with tf.GradientTape() as tape:
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model(x))
+            loss = tf.reduce_mean(w * ce)
+        grads = tape.gradient(loss, model.trainable_variables)
+        for v, g in zip(model.trainable_variables, grads):
+            v.assign_sub(LR * g)
+    return model
+
+
+def _assert_same_weights(a, b, atol):
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=atol, rtol=0)
+
+
+def test_fit_applies_gamma_of_the_true_step(spiral):
+    x, y = spiral
+    steps = 3 * C * T + 5
+    fitted, _ = _fit(x, y, steps)
+    assert int(fitted.optimizer.iterations.numpy()) == steps
+    _assert_same_weights(fitted, _reference_loop(x, y, steps), atol=2e-5)
+    # Γ really varies in this run: a plain-CE run ends elsewhere
+    plain = tiny_mlp()
+    plain.compile(optimizer=keras.optimizers.SGD(LR),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain.fit(_repeat(x, y), steps_per_epoch=steps, epochs=1, verbose=0)
+    assert max(np.abs(a - b).max() for a, b in zip(plain.get_weights(), fitted.get_weights())) > 1e-2
+
+
+def test_steps_per_execution_50_equals_1(spiral):
+    x, y = spiral
+    one, _ = _fit(x, y, 100, spe=1)
+    fifty, _ = _fit(x, y, 100, spe=50)
+    _assert_same_weights(one, fifty, atol=1e-6)
+
+
+def test_jit_compile_equals_plain(spiral):
+    x, y = spiral
+    plain, _ = _fit(x, y, 60, jit=False)
+    xla, _ = _fit(x, y, 60, jit=True)
+    assert xla.jit_compile
+    _assert_same_weights(plain, xla, atol=1e-5)
+
+
+def test_class_weight_and_sample_weight_compose(spiral):
+    x, y = spiral
+    cw = {0: 2.0, 1: 1.0, 2: 0.5}
+    model = tiny_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(LR),
+                  loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    model.fit(x, y, batch_size=len(x), epochs=30, shuffle=False, verbose=0, class_weight=cw,
+              callbacks=[kd.DynamicalLossScheduler()])
+    _assert_same_weights(model, _reference_loop(x, y, 30, class_weight=cw), atol=2e-5)
+    sw = np.array([cw[int(c)] for c in y], "float32")
+    model2 = tiny_mlp()
+    model2.compile(optimizer=keras.optimizers.SGD(LR),
+                   loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    model2.fit(_repeat(x, y, sw), steps_per_epoch=30, epochs=1, verbose=0,
+               callbacks=[kd.DynamicalLossScheduler()])
+    _assert_same_weights(model, model2, atol=1e-6)
+
+
+def test_gamma_in_progress_bar_history_and_csv(spiral, tmp_path, capsys):
+    x, y = spiral
+    model = tiny_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(LR),
+                  loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    log = tmp_path / "log.csv"
+    history = model.fit(_repeat(x, y), steps_per_epoch=3, epochs=6, verbose=2,
+                        callbacks=[kd.DynamicalLossScheduler(), keras.callbacks.CSVLogger(str(log))])
+    out = capsys.readouterr().out
+    assert "gamma_0:" in out and "emphasized_class:" in out
+    for epoch in range(6):
+        last = 3 * epoch + 2
+        want = numpy_gamma(last, C, A, T)
+        got = [history.history[f"gamma_{i}"][epoch] for i in range(C)]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        assert history.history["emphasized_class"][epoch] == (last // T) % C
+    with open(log) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and float(rows[-1]["gamma_1"]) == pytest.approx(history.history["gamma_1"][-1])
+
+
+def test_period_in_epochs(spiral):
+    x, y = spiral
+    loss = kd.DynamicalLoss(C, amplitude=A, period=1, from_logits=True)
+    model = tiny_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss)
+    history = model.fit(_repeat(x, y), steps_per_epoch=4, epochs=5, verbose=0,
+                        callbacks=[kd.DynamicalLossScheduler(period_epochs=2)])
+    assert loss.period == 8
+    np.testing.assert_allclose(history.history["gamma_0"][-1], numpy_gamma(19, C, A, 8)[0], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"`steps_per_epoch`"):
+        unknown_length = _repeat(x, y).take(3).filter(lambda *_: True)
+        model.fit(unknown_length, epochs=1, verbose=0,
+                  callbacks=[kd.DynamicalLossScheduler(period_epochs=2)])
+    with pytest.raises(ValueError, match=r"`period_epochs`.*period_epochs=0"):
+        kd.DynamicalLossScheduler(period_epochs=0)
+    with pytest.raises(ValueError, match=r"`loss`"):
+        kd.DynamicalLossScheduler(keras.losses.MeanSquaredError())
+
+
+def test_backup_and_restore_resumes_weights_and_gamma(spiral, tmp_path):
+    x, y = spiral
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    def run(extra, backup_dir):
+        model = tiny_mlp()
+        model.compile(optimizer=keras.optimizers.SGD(LR),
+                      loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+        history = model.fit(_repeat(x, y), steps_per_epoch=5, epochs=7, verbose=0,
+                            callbacks=[kd.DynamicalLossScheduler(),
+                                       keras.callbacks.BackupAndRestore(str(backup_dir)), *extra])
+        return model, history
+
+    straight, h_straight = run([], tmp_path / "a")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([Interrupt()], tmp_path / "b")
+    resumed, h_resumed = run([], tmp_path / "b")
+    assert int(resumed.optimizer.iterations.numpy()) == 35
+    _assert_same_weights(straight, resumed, atol=1e-6)
+    for i in range(C):
+        np.testing.assert_allclose(h_resumed.history[f"gamma_{i}"], h_straight.history[f"gamma_{i}"][3:],
+                                   rtol=1e-6)
+
+
+def test_save_load_continues_schedule_and_evaluate_does_not_advance(spiral, tmp_path):
+    x, y = spiral
+    model, _ = _fit(x, y, 20, static_after=40)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.loss, kd.DynamicalLoss)
+    assert loaded.loss.get_config() == model.loss.get_config()
+    assert int(loaded.optimizer.iterations.numpy()) == 20
+
+    sched = kd.DynamicalLossScheduler()
+    before = loaded.evaluate(x, y, batch_size=len(x), verbose=0, callbacks=[sched])
+    again = loaded.evaluate(x, y, batch_size=len(x), verbose=0, callbacks=[sched])
+    assert int(loaded.optimizer.iterations.numpy()) == 20  # evaluate never advances it
+    assert before == pytest.approx(again, rel=1e-7)
+    gamma = numpy_gamma(20, C, A, T)
+    logits = loaded.predict(x, verbose=0)
+    from conftest import numpy_crossentropy
+    assert before == pytest.approx(np.mean(gamma[y] * numpy_crossentropy(y, logits)), rel=1e-5)
+
+    for m in (model, loaded):
+        m.fit(_repeat(x, y), steps_per_epoch=30, epochs=1, verbose=0,
+              callbacks=[kd.DynamicalLossScheduler()])
+    _assert_same_weights(model, loaded, atol=1e-6)
+    _assert_same_weights(model, _reference_loop_static(x, y, 50, 40), atol=2e-5)
+
+
+def _reference_loop_static(x, y, steps, static_after):
+    model = tiny_mlp()
+    for t in range(steps):
+        gamma = numpy_gamma(t, C, A, T, static_after=static_after)
+        with tf.GradientTape() as tape:
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model(x))
+            loss = tf.reduce_mean(tf.constant(gamma[y], tf.float32) * ce)
+        grads = tape.gradient(loss, model.trainable_variables)
+        for v, g in zip(model.trainable_variables, grads):
+            v.assign_sub(LR * g)
+    return model
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_out_of_range_labels_in_fit_raise(spiral, jit):
+    x, y = spiral
+    bad = y.copy()
+    bad[5] = 3
+    model = tiny_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=jit,
+                  loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`y_true`.*\[0, 3\)"):
+        model.fit(x, bad, batch_size=len(x), epochs=1, verbose=0,
+                  callbacks=[kd.DynamicalLossScheduler()])
+
+
+def test_fit_without_scheduler_says_what_to_do(spiral):
+    x, y = spiral
+    model = tiny_mlp()
+    model.compile(optimizer="sgd", loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    with pytest.raises(RuntimeError, match=r"DynamicalLossScheduler"):
+        model.fit(x, y, epochs=1, verbose=0)
+    model.loss.bind(model)  # or bind by hand
+    model.fit(x, y, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) > 0
+
+
+MIRRORED = textwrap.dedent("""
+    import os, sys, json
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import numpy as np, keras
+    import keras_dynloss as kd
+    sys.path.insert(0, sys.argv[1])
+    from conftest import tiny_mlp
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(90, 2)).astype("float32"); y = (rng.rand(90) * 3).astype("int32")
+
+    def run(strategy):
+        with strategy.scope():
+            model = tiny_mlp()
+            model.compile(optimizer=keras.optimizers.SGD(0.5),
+                          loss=kd.DynamicalLoss(3, amplitude=30, period=4, from_logits=True))
+        h = model.fit(x, y, batch_size=90, epochs=24, shuffle=False, verbose=0,
+                      callbacks=[kd.DynamicalLossScheduler()])
+        return h.history["loss"], int(model.optimizer.iterations.numpy())
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    print(json.dumps({"one": run(tf.distribute.get_strategy()), "two": run(mirrored)}))
+""")
+
+
+def test_mirrored_strategy_two_cpus_matches_one_device(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED)
+    out = subprocess.run([sys.executable, str(script), os.path.dirname(__file__)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    (one, it_one), (two, it_two) = result["one"], result["two"]
+    assert it_one == it_two == 24  # the step is counted once, not per replica
+    np.testing.assert_allclose(two, one, atol=1e-5, rtol=0)
+    assert max(one) - min(one) > 0.05  # the curve moves
