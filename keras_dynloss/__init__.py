@@ -6,6 +6,26 @@ Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690).
 """
 
 from keras_dynloss.callbacks import DynamicalLossScheduler
+from keras_dynloss.curvature import (
+    CurvatureProbe,
+    DensityResult,
+    EigenResult,
+    HessianOperator,
+    LanczosDecomposition,
+    NotTwiceDifferentiableError,
+    NTKOperator,
+    TraceResult,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
+    hutchinson_trace,
+    lanczos,
+    lanczos_tridiagonal,
+    ntk_eigenvalues,
+    ntk_gram,
+    power_iteration,
+    spectral_density,
+)
 from keras_dynloss.losses import (
     DynamicalComponentwiseMeanSquaredError,
     DynamicalLoss,
@@ -19,6 +39,24 @@ from keras_dynloss.schedules import ClassWeightSchedule
 __version__ = "0.1.0"
 
 __all__ = [
+    "CurvatureProbe",
+    "DensityResult",
+    "EigenResult",
+    "HessianOperator",
+    "LanczosDecomposition",
+    "NTKOperator",
+    "NotTwiceDifferentiableError",
+    "TraceResult",
+    "hessian_density",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "hutchinson_trace",
+    "lanczos",
+    "lanczos_tridiagonal",
+    "ntk_eigenvalues",
+    "ntk_gram",
+    "power_iteration",
+    "spectral_density",
     "ClassWeightSchedule",
     "DynamicalComponentwiseMeanSquaredError",
     "DynamicalLoss",

@@ -18,8 +18,10 @@ def invalid(name, expected, value):
     )
 
 
-def check_int(name, value, *, minimum=None, maximum=None):
+def check_int(name, value, *, minimum=None, maximum=None, allow_none=False):
     """Returns ``value`` as an int; rejects bools, floats and out-of-range values."""
+    if value is None and allow_none:
+        return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise invalid(name, _int_range(minimum, maximum), value)
     value = int(value)
@@ -41,6 +43,27 @@ def check_number(name, value, *, minimum=None):
     return value
 
 
+def check_float(name, value, *, positive=False, nonnegative=False):
+    """Returns ``value`` as a finite float, optionally > 0 or >= 0."""
+    expected = "a finite number" + (" > 0" if positive else " >= 0" if nonnegative else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise invalid(name, expected, value)
+    value = float(value)
+    if (
+        not math.isfinite(value)
+        or (positive and value <= 0)
+        or (nonnegative and value < 0)
+    ):
+        raise invalid(name, expected, value)
+    return value
+
+
+def check_callable(name, value):
+    if not callable(value):
+        raise invalid(name, "a callable", value)
+    return value
+
+
 def check_choice(name, value, choices):
     """Returns ``value`` if it is one of ``choices`` (strings)."""
     if not isinstance(value, str) or value not in choices:
@@ -59,4 +82,6 @@ def _int_range(minimum, maximum):
         return f"an integer in [{minimum}, {maximum}]"
     if minimum is not None:
         return f"an integer >= {minimum}"
+    if maximum is not None:
+        return f"an integer <= {maximum}"
     return "an integer"

@@ -154,7 +154,8 @@ _UNBOUND_MESSAGE = (
 class _ScheduledLoss(keras.losses.Loss):
     """A per-sample loss function composed with a ClassWeightSchedule.
 
-    Subclasses set ``_fn`` and may add constructor arguments (``_extra_config``).
+    Subclasses set ``_fn`` (the pure per-sample function) and may pass extra
+    keyword arguments to it through ``_fn_kwargs``.
     """
 
     _fn = None
@@ -163,30 +164,13 @@ class _ScheduledLoss(keras.losses.Loss):
         self,
         num_classes,
         *,
-        amplitude,
-        period,
-        shape="triangular",
-        normalize=True,
-        class_order="cyclic",
-        group_size=1,
-        static_after=None,
-        seed=0,
         reduction="sum_over_batch_size",
         name=None,
         dtype=None,
+        **schedule_kwargs,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.schedule = ClassWeightSchedule(
-            num_classes,
-            amplitude=amplitude,
-            period=period,
-            shape=shape,
-            normalize=normalize,
-            class_order=class_order,
-            group_size=group_size,
-            static_after=static_after,
-            seed=seed,
-        )
+        self.schedule = ClassWeightSchedule(num_classes, **schedule_kwargs)
         self._step = None
         self.invalid_label_counter = None
 

@@ -1,0 +1,67 @@
+"""Shared helpers for the curvature benchmarks (data, models, timing)."""
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def spiral(points_per_arm=100, arms=3, seed=0):
+    """CS231n spiral: `arms` interleaved arms of `points_per_arm` 2-D points."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((points_per_arm * arms, 2), np.float32)
+    y = np.zeros(points_per_arm * arms, np.int64)
+    for j in range(arms):
+        ix = slice(points_per_arm * j, points_per_arm * (j + 1))
+        r = np.linspace(0.0, 1.0, points_per_arm)
+        t = np.linspace(j * 4, (j + 1) * 4, points_per_arm) + rng.standard_normal(points_per_arm) * 0.2
+        x[ix] = np.c_[r * np.sin(t), r * np.cos(t)]
+        y[ix] = j
+    return x, y
+
+
+def spiral_mlp(width=100, seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(width, activation="relu"), keras.layers.Dense(3)]
+    )
+
+
+def digits(n=512):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images[:n] / 16.0).astype(np.float32)[..., None]
+    return x, d.target[:n].astype(np.int64)
+
+
+def digits_cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+
+
+def time_interleaved(fns, repeats=30, inner=20):
+    """Median seconds per call of each zero-argument function, timed side by side."""
+    for fn in fns.values():
+        fn()
+        fn()
+    samples = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / inner)
+    return {k: float(np.median(v)) for k, v in samples.items()}

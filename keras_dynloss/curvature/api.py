@@ -1,0 +1,290 @@
+"""Entry points: Hessian and NTK spectra of a Keras model in one call.
+
+Each function builds an operator (`HessianOperator`, `NTKOperator`) and hands it
+to a matrix-free algorithm (`lanczos`, `power_iteration`, `hutchinson_trace`,
+`spectral_density`). None of them changes the model or its optimizer.
+"""
+
+import numpy as np
+
+from keras_dynloss import _checks as val
+from keras_dynloss.curvature import algorithms
+from keras_dynloss.curvature import operators
+
+_EIG_ALGORITHMS = ("lanczos", "power_iteration")
+
+
+def hessian_eigenvalues(
+    model,
+    loss,
+    data,
+    k=1,
+    *,
+    algorithm="lanczos",
+    order=None,
+    max_iter=200,
+    tol=1e-4,
+    which="largest",
+    seed=0,
+    hvp_mode="reverse_over_reverse",
+    training=False,
+    include_regularization=True,
+    return_eigenvectors=False,
+):
+    """Top-`k` eigenvalues of the loss Hessian w.r.t. all trainable parameters.
+
+    `H = d^2 L / d theta^2`, shape `(n, n)`, `theta` the flat vector of the `n`
+    trainable parameters, `L = loss(y, model(x))` on `data` (batch-size
+    weighted mean over a dataset). Only Hessian-vector products are used.
+
+    Args:
+        model: a built `keras.Model`.
+        loss: a Keras loss or any `loss(y_true, y_pred) -> scalar` (e.g.
+            `DynamicalLoss(...).at_step(t)`).
+        data: `(x, y)`, `(x, y, sample_weight)` or a `tf.data.Dataset`.
+        k: number of eigenvalues.
+        algorithm: `"lanczos"` (default; full float64 reorthogonalisation) or
+            `"power_iteration"` (with deflation; largest magnitude).
+        order: Lanczos steps (default `min(n, max(2k + 10, 20))`).
+        max_iter: power-iteration products per eigenvalue.
+        tol: convergence tolerance (relative residual for Lanczos, relative
+            change for power iteration).
+        which: Lanczos selection, `"largest"`, `"smallest"` or `"magnitude"`.
+        seed: seed of the random start vector(s).
+        hvp_mode: `"reverse_over_reverse"` (default) or
+            `"forward_over_reverse"`; see `HessianOperator`.
+        training: evaluate the model in training mode (default `False`).
+        include_regularization: include `model.losses` in `L`.
+        return_eigenvectors: also return eigenvectors, shape `(n, k)`.
+
+    Returns:
+        An `EigenResult`: `.eigenvalues` (shape `(k,)`, largest first),
+        `.residuals`, `.converged`, `.num_matvecs`.
+
+    Example:
+        >>> res = hessian_eigenvalues(model, keras.losses.MeanSquaredError(),
+        ...                           (x, y), k=3)
+        >>> res.eigenvalues      # array([l1, l2, l3]), l1 >= l2 >= l3
+    """
+    algorithm = val.check_choice("algorithm", algorithm, _EIG_ALGORITHMS)
+    op = operators.HessianOperator(
+        model,
+        loss,
+        data,
+        mode=hvp_mode,
+        training=training,
+        include_regularization=include_regularization,
+    )
+    if algorithm == "lanczos":
+        return algorithms.lanczos(
+            op,
+            op.size,
+            k=k,
+            order=order,
+            which=which,
+            tol=tol,
+            seed=seed,
+            return_eigenvectors=return_eigenvectors,
+        )
+    return algorithms.power_iteration(
+        op,
+        op.size,
+        k=k,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        return_eigenvectors=return_eigenvectors,
+    )
+
+
+def hessian_trace(
+    model,
+    loss,
+    data,
+    *,
+    num_samples=100,
+    distribution="rademacher",
+    seed=0,
+    hvp_mode="reverse_over_reverse",
+    training=False,
+    include_regularization=True,
+):
+    """Hutchinson estimate of `tr(H)` of the loss Hessian, with standard error.
+
+    `tr(H) ≈ 1/s sum_i z_i^T H z_i`, `z_i` Rademacher vectors of shape `(n,)`.
+
+    Args:
+        model, loss, data: as in `hessian_eigenvalues`.
+        num_samples: number of probe vectors (= Hessian-vector products).
+        distribution: `"rademacher"` or `"gaussian"`.
+        seed: seed of the probe vectors.
+        hvp_mode, training, include_regularization: as in
+            `hessian_eigenvalues`.
+
+    Returns:
+        A `TraceResult` with `.trace` and `.stderr`.
+
+    Example:
+        >>> res = hessian_trace(model, loss, (x, y), num_samples=50)
+        >>> res.trace, res.stderr
+    """
+    op = operators.HessianOperator(
+        model,
+        loss,
+        data,
+        mode=hvp_mode,
+        training=training,
+        include_regularization=include_regularization,
+    )
+    return algorithms.hutchinson_trace(
+        op, op.size, num_samples=num_samples, distribution=distribution, seed=seed
+    )
+
+
+def hessian_density(
+    model,
+    loss,
+    data,
+    *,
+    num_vectors=8,
+    order=30,
+    sigma=None,
+    grid=None,
+    num_points=512,
+    seed=0,
+    hvp_mode="reverse_over_reverse",
+    training=False,
+    include_regularization=True,
+):
+    """Spectral density of the loss Hessian by stochastic Lanczos quadrature.
+
+    `phi(t) = 1/n sum_i N(t; lambda_i(H), sigma^2)`, estimated from
+    `num_vectors` Lanczos runs of `order` steps (see `spectral_density`).
+
+    Args:
+        model, loss, data: as in `hessian_eigenvalues`.
+        num_vectors: random start vectors.
+        order: Lanczos steps per vector.
+        sigma: Gaussian width (default 1% of the spectral range found).
+        grid: evaluation points `(g,)` (default `num_points` points spanning
+            the spectrum).
+        num_points: grid size when `grid` is `None`.
+        seed: seed of the start vectors.
+        hvp_mode, training, include_regularization: as in
+            `hessian_eigenvalues`.
+
+    Returns:
+        A `DensityResult` with `.grid`, `.density` (integrates to 1),
+        `.nodes`, `.weights`, `.eigenvalues` (all nodes, largest first).
+
+    Example:
+        >>> res = hessian_density(model, loss, (x, y), order=40)
+        >>> plt.semilogy(res.grid, res.density)
+    """
+    op = operators.HessianOperator(
+        model,
+        loss,
+        data,
+        mode=hvp_mode,
+        training=training,
+        include_regularization=include_regularization,
+    )
+    return algorithms.spectral_density(
+        op,
+        op.size,
+        num_vectors=num_vectors,
+        order=order,
+        sigma=sigma,
+        grid=grid,
+        num_points=num_points,
+        seed=seed,
+    )
+
+
+def ntk_gram(model, x, *, trace_outputs=True, training=False, batch_size=None):
+    """Empirical NTK Gram matrix of the model outputs on `N` samples.
+
+    With `J[i, c, :] = d f_c(x_i) / d theta` (outputs `f`, e.g. logits, with `K`
+    channels; `theta` all `n` trainable parameters):
+
+    * `trace_outputs=True` (default): `Theta[i, j] = sum_c J[i, c] . J[j, c]`,
+      shape `(N, N)` — the trace over the output axis of the per-pair `K x K`
+      kernel (as `neural_tangents.empirical_ntk_fn(trace_axes=(-1,))`);
+    * `trace_outputs=False`: `Theta[i*K + c, j*K + d] = J[i, c] . J[j, d]`,
+      shape `(N*K, N*K)`, i.e. `J J^T` with `J` reshaped to `(N*K, n)`.
+
+    Outputs with more than one trailing axis (or several outputs) are flattened
+    and concatenated into the `K` channels. Symmetric positive semi-definite.
+
+    Args:
+        model: a built `keras.Model`.
+        x: inputs, `N` samples.
+        trace_outputs: see above.
+        training: run the model in training mode (default `False`).
+        batch_size: samples per Jacobian chunk (default all).
+
+    Returns:
+        float64 NumPy array `(N, N)` or `(N*K, N*K)`.
+    """
+    if not isinstance(trace_outputs, bool):
+        raise val.invalid("trace_outputs", "a bool", trace_outputs)
+    jac = operators.ntk_jacobian(model, x, training=training, batch_size=batch_size)
+    if trace_outputs:
+        return np.einsum("ikp,jkp->ij", jac, jac)
+    flat = jac.reshape(jac.shape[0] * jac.shape[1], -1)
+    return flat @ flat.T
+
+
+def ntk_eigenvalues(
+    model,
+    x,
+    k=1,
+    *,
+    trace_outputs=True,
+    algorithm="dense",
+    order=None,
+    seed=0,
+    training=False,
+    batch_size=None,
+):
+    """Top-`k` eigenvalues of the empirical NTK Gram matrix (see `ntk_gram`).
+
+    Args:
+        model: a built `keras.Model`.
+        x: inputs, `N` samples.
+        k: number of eigenvalues.
+        trace_outputs: traced `(N, N)` kernel (default) or full `(N*K, N*K)`.
+        algorithm: `"dense"` (explicit Jacobian + `numpy.linalg.eigvalsh`,
+            exact; memory `N*K*n`) or `"lanczos"` (matrix free, VJP/JVP
+            products, `order` of them).
+        order: Lanczos steps (default `min(size, max(2k + 10, 20))`).
+        seed: Lanczos start vector seed.
+        training: run the model in training mode (default `False`).
+        batch_size: Jacobian chunk size for `"dense"`.
+
+    Returns:
+        An `EigenResult`, `.eigenvalues` of shape `(k,)`, largest first.
+
+    Example:
+        >>> ntk_eigenvalues(model, x[:100], k=2).eigenvalues
+    """
+    algorithm = val.check_choice("algorithm", algorithm, ("dense", "lanczos"))
+    val.check_int("k", k, minimum=1)
+    if algorithm == "lanczos":
+        op = operators.NTKOperator(
+            model, x, trace_outputs=trace_outputs, training=training
+        )
+        return algorithms.lanczos(op, op.size, k=k, order=order, seed=seed)
+    gram = ntk_gram(
+        model, x, trace_outputs=trace_outputs, training=training, batch_size=batch_size
+    )
+    k = val.check_int("k", k, minimum=1, maximum=gram.shape[0])
+    values = np.linalg.eigvalsh(gram)[::-1][:k]
+    return algorithms.EigenResult(
+        eigenvalues=values.copy(),
+        eigenvectors=None,
+        residuals=np.zeros(k),
+        converged=True,
+        num_matvecs=0,
+        method="dense",
+    )
