@@ -5,6 +5,7 @@ functions for machine learning" (ICML 2021, arXiv 2102.03793); dynamical MSE fro
 Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690).
 """
 
+from keras_dynloss import datasets
 from keras_dynloss.callbacks import DynamicalLossScheduler
 from keras_dynloss.curvature import (
     CurvatureProbe,
@@ -57,6 +58,7 @@ __all__ = [
     "ntk_gram",
     "power_iteration",
     "spectral_density",
+    "datasets",
     "ClassWeightSchedule",
     "DynamicalComponentwiseMeanSquaredError",
     "DynamicalLoss",

@@ -1,7 +1,6 @@
 """The callback that connects dynamical losses to ``model.fit``."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_dynloss._checks import check_bool, check_int, invalid

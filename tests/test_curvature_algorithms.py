@@ -1,6 +1,5 @@
 """Matrix-free algorithms checked on plain NumPy matrices (no model)."""
 
-import warnings
 
 import numpy as np
 import pytest

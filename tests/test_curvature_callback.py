@@ -110,7 +110,7 @@ def test_every_n_epochs():
 
 
 def test_probe_values_match_entry_points_with_dynamical_loss():
-    dynloss = pytest.importorskip("keras_dynloss")
+    import keras_dynloss as dynloss
     x, y = _data(n=24)
     loss = dynloss.DynamicalLoss(3, amplitude=10.0, period=6, from_logits=True)
     model = _model(bn=False, lr=0.3, momentum=0.0, loss=loss)

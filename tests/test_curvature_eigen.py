@@ -121,7 +121,7 @@ def test_dataset_input_matches_batch():
 
 
 def test_dynamical_loss_at_step():
-    dynloss = pytest.importorskip("keras_dynloss")
+    import keras_dynloss as dynloss
     model = small_mlp()
     x, y = _data((4,))
     loss = dynloss.DynamicalLoss(3, amplitude=20.0, period=100, from_logits=True)

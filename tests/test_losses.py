@@ -1,6 +1,5 @@
 """Dynamical losses against NumPy re-derivations and Keras's own losses."""
 
-import copy
 
 import keras
 import numpy as np

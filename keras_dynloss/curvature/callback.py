@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from keras_dynloss.curvature import _graph
 from keras_dynloss import _checks as val
-from keras_dynloss.curvature import algorithms
 from keras_dynloss.curvature import operators
 
 #: Keys written into `logs` (and kept in `CurvatureProbe.history`).

@@ -482,7 +482,7 @@ class HessianOperator:
         return tf.nest.map_structure(lambda t: t / tf.cast(count, t.dtype), total)
 
     def _probes(self, x, y, sw):
-        flat, model = self.flat, self.model
+        flat = self.flat
         return [
             (lambda x, y, sw: self._raw_grad(flat.read(), x, y, sw), (x, y, sw)),
             (lambda x: model_outputs(flat, flat.read(), x), (x,)),

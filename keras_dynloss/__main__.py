@@ -1,0 +1,8 @@
+"""``python -m keras_dynloss``: see :mod:`keras_dynloss.cli`."""
+
+import sys
+
+from keras_dynloss.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

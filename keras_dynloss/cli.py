@@ -1,0 +1,165 @@
+"""Command line: reproduce the paper's experiments.
+
+    python -m keras_dynloss fig4        [--out DIR] [--steps N] [--width W] ...
+    python -m keras_dynloss width-sweep [--out DIR] [--widths 16,32] [--seeds 0,1,2] ...
+    python -m keras_dynloss overparam   [--out DIR] [--amplitudes 1,10,50] ...
+
+(also installed as ``keras-dynloss``). Each command shows a progress bar and
+writes ``DIR/<command>.json`` and ``DIR/<command>.png`` (default ``DIR=runs``).
+``--quick`` shrinks every default to a smoke test of a few seconds.
+"""
+
+import argparse
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _ints(text):
+    return tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
+
+
+def _floats(text):
+    return tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+
+
+def _common(p):
+    p.add_argument("--out", default="runs", help="output folder (default: runs)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
+    p.add_argument("--steps", type=int, default=None, help="training steps (GD) / epochs")
+    p.add_argument("--period", type=int, default=None,
+                   help="period T (steps for the spiral, epochs for overparam)")
+    p.add_argument("--probe-every", type=int, default=None, dest="probe_every",
+                   help="curvature probe interval in steps (0 = probes off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser():
+    """The ``argparse`` parser of all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="keras-dynloss",
+        description="Reproduce the experiments of 'Tilting the playing field: dynamical "
+                    "loss functions for machine learning' with keras_dynloss.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fig4", help="paper Fig. 4: one spiral run, Γ, F, accuracy, λ_max")
+    _common(p)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--amplitude", type=float, default=None)
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None)
+
+    p = sub.add_parser("width-sweep", help="final spiral accuracy vs width, A and seed")
+    _common(p)
+    p.add_argument("--seeds", "--seed", type=_ints, default=None, dest="seeds",
+                   help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--widths", "--width", type=_ints, default=None, dest="widths")
+    p.add_argument("--amplitudes", "--amplitude", type=_floats, default=None,
+                   dest="amplitudes", help="comma-separated A values (1 = cross-entropy)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    p.add_argument("--processes", type=int, default=None, help="worker processes")
+    p.add_argument("--reference", default=None,
+                   help="JSON of the authors' runs to compare with (rows width/A/seed)")
+
+    p = sub.add_parser("overparam", help="amplitude x period grid on Fashion-MNIST")
+    _common(p)
+    p.add_argument("--seeds", "--seed", type=_ints, default=None, dest="seeds")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--amplitudes", "--amplitude", type=_floats, default=None,
+                   dest="amplitudes")
+    p.add_argument("--periods", type=_ints, default=None,
+                   help="comma-separated periods in epochs (overrides --period)")
+    p.add_argument("--train-size", type=int, default=None, dest="train_size")
+    p.add_argument("--test-size", type=int, default=None, dest="test_size")
+    p.add_argument("--data", type=_data_source, default="auto",
+                   help="auto (Fashion-MNIST: Debian IDX files, then TFDS), offline, tfds, "
+                        "or tfds:NAME for any TFDS image classification set (e.g. tfds:cifar10)")
+    p.add_argument("--model", choices=("auto", "mlp", "myrtle"), default="auto",
+                   help="auto: the MLP for Fashion-MNIST, a Myrtle-style CNN for tfds:NAME")
+    p.add_argument("--processes", type=int, default=None, help="worker processes")
+    return parser
+
+
+def _data_source(value):
+    if value in ("auto", "offline", "tfds") or (value.startswith("tfds:") and len(value) > 5):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"expected auto, offline, tfds or tfds:NAME. Received: --data={value!r}")
+
+
+def _settings(defaults, quick, args, names):
+    """Defaults (or quick defaults) overridden by the flags that were given."""
+    out = dict(quick if args.quick else defaults)
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _fig4(args):
+    from keras_dynloss.experiments import fig4
+
+    cfg = _settings(fig4.DEFAULTS, fig4.QUICK, args,
+                    ("width", "amplitude", "period", "steps", "seed", "probe_every", "dtype"))
+    result = fig4.run(progress=not args.no_progress, **cfg)
+    paths = fig4.write(result, args.out)
+    print(f"fig4: final training accuracy {result['final_acc']:.4f} "
+          f"({cfg['steps']} steps, {result['seconds']:.1f} s)")
+    return paths
+
+
+def _width_sweep(args):
+    from keras_dynloss.experiments import width_sweep
+
+    cfg = _settings(width_sweep.DEFAULTS, width_sweep.QUICK, args,
+                    ("widths", "amplitudes", "seeds", "steps", "period", "dtype"))
+    if args.probe_every:
+        print("width-sweep: --probe-every is ignored (no curvature probes here)",
+              file=sys.stderr)
+    processes = args.processes or (1 if args.quick else None)
+    result = width_sweep.run(processes=processes, progress=not args.no_progress, **cfg)
+    reference = width_sweep.load_reference(args.reference) if args.reference else None
+    paths = width_sweep.write(result, args.out, reference)
+    print(width_sweep.table(result, reference))
+    return paths
+
+
+def _overparam(args):
+    from keras_dynloss.experiments import overparam
+
+    cfg = _settings(overparam.DEFAULTS, overparam.QUICK, args,
+                    ("amplitudes", "periods", "seeds", "width", "train_size", "test_size"))
+    if args.period is not None and args.periods is None:
+        cfg["periods"] = (args.period,)
+    if args.steps is not None:
+        cfg["epochs"] = args.steps
+    processes = args.processes or (1 if args.quick else None)
+    result = overparam.run(data=args.data, model=args.model, processes=processes,
+                           progress=not args.no_progress, **cfg)
+    paths = overparam.write(result, args.out)
+    print(overparam.table(result))
+    return paths
+
+
+_COMMANDS = {"fig4": _fig4, "width-sweep": _width_sweep, "overparam": _overparam}
+
+
+def main(argv=None):
+    """Entry point of ``python -m keras_dynloss`` and ``keras-dynloss``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    for name in ("steps", "period", "width", "probe_every", "train_size", "test_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name == "probe_every" else 1):
+            raise SystemExit(f"keras-dynloss: error: --{name.replace('_', '-')} must be "
+                             f">= {0 if name == 'probe_every' else 1}, got {value}")
+    paths = _COMMANDS[args.command](args)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Helpers shared by the runners."""
+
+import json
+import os
+import math
+
+import numpy as np
+
+__all__ = ["clean_json", "write_json", "run_jobs"]
+
+
+def clean_json(obj, digits=None):
+    """``obj`` with NumPy values made plain and NaN / inf replaced by None (strict JSON).
+
+    Args:
+        obj: nested dicts / lists / arrays / scalars.
+        digits: if given, floats are rounded to this many significant digits.
+    """
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v, digits) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return clean_json(obj.tolist(), digits)
+    if isinstance(obj, (np.floating, float)):
+        obj = float(obj)
+        if not math.isfinite(obj):
+            return None
+        return float(f"{obj:.{digits}g}") if digits else obj
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def write_json(result, out_dir, name, *, digits=None, indent=1):
+    """Writes ``clean_json(result)`` to ``out_dir/name.json`` (creating the folder)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(clean_json(result, digits=digits), f, indent=indent)
+    return path
+
+
+def _init_worker(threads):
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass
+
+
+def run_jobs(fn, jobs, *, processes=None, progress=True, label="runs"):
+    """``[fn(**job) for job in jobs]`` in a pool of spawned processes, with a progress bar.
+
+    Args:
+        fn: a module-level function (picklable).
+        jobs: list of keyword dicts.
+        processes: worker processes (default ``os.cpu_count()``); 1 runs inline.
+        progress: progress bar on stderr.
+        label: progress bar label.
+
+    Returns:
+        The results in the order of ``jobs``.
+    """
+    import os
+    import sys
+    import time
+
+    processes = max(1, min(processes or os.cpu_count() or 1, len(jobs) or 1))
+    start = time.perf_counter()
+    results = [None] * len(jobs)
+    done = 0
+
+    def tick():
+        if progress:
+            bar = "#" * int(30 * done / max(len(jobs), 1))
+            sys.stderr.write(f"\r{label} [{bar:.<30}] {done}/{len(jobs)} runs "
+                             f"{time.perf_counter() - start:6.1f}s")
+            if done == len(jobs):
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    tick()
+    if processes == 1:
+        for i, job in enumerate(jobs):
+            results[i] = fn(**job)
+            done += 1
+            tick()
+        return results
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            done += 1
+            tick()
+    return results

@@ -1,0 +1,161 @@
+"""Datasets: the authors' spiral bit for bit, IDX parsing, digits, TFDS (mocked)."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from keras_dynloss import datasets
+
+
+def authors_spiral(N=100, C=3, revolutions=4, noise=0.2, seed=0):
+    """The construction of the authors' notebook, written out independently."""
+    np.random.seed(seed)
+    X = np.zeros((N * C, 2))
+    Y = np.zeros(N * C, dtype="uint8")
+    for j in range(C):
+        ix = range(N * j, N * (j + 1))
+        r = np.linspace(0.0, 1, N)
+        t = np.linspace(j * 2 * np.pi / C, j * 2 * np.pi / C + revolutions * np.pi, N) \
+            + np.random.randn(N) * noise
+        X[ix] = np.c_[r * np.cos(t), r * np.sin(t)]
+        Y[ix] = j
+    return X, Y
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(points_per_class=37, num_classes=5,
+                                             revolutions=2.5, noise=0.05, seed=7)])
+def test_spiral_is_the_authors_construction(kwargs):
+    x, y = datasets.spiral(**kwargs)
+    ref_x, ref_y = authors_spiral(
+        kwargs.get("points_per_class", 100), kwargs.get("num_classes", 3),
+        kwargs.get("revolutions", 4), kwargs.get("noise", 0.2), kwargs.get("seed", 0))
+    assert x.dtype == np.float32 and x.shape == ref_x.shape
+    np.testing.assert_array_equal(x, ref_x.astype("float32"))
+    np.testing.assert_array_equal(y, ref_y)
+    assert np.issubdtype(y.dtype, np.integer)
+
+
+def test_spiral_known_values_and_seed():
+    x, y = datasets.spiral()
+    assert x.shape == (300, 2) and y.shape == (300,)
+    np.testing.assert_array_equal(np.bincount(y), [100, 100, 100])
+    # First arm, second point: r = 1/99, θ = 4π/99 + 0.2·(second randn draw of seed 0).
+    theta = 4 * np.pi / 99 + 0.2 * 0.4001572083672233
+    np.testing.assert_allclose(x[1], [np.cos(theta) / 99, np.sin(theta) / 99], rtol=1e-6)
+    assert not np.array_equal(datasets.spiral(seed=1)[0], x)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_classes=1), "num_classes"),
+    (dict(points_per_class=0), "points_per_class"),
+    (dict(noise=-1.0), "noise"),
+    (dict(seed=-1), "seed"),
+])
+def test_spiral_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        datasets.spiral(**kwargs)
+
+
+def _write_idx(path, array, compress):
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = bytes([0, 0, codes[array.dtype], array.ndim])
+    header += np.asarray(array.shape, ">u4").tobytes()
+    data = header + array.tobytes()
+    if compress:
+        data = gzip.compress(data)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_fashion_mnist_reads_idx_files(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
+    labels = np.repeat(np.arange(10, dtype=np.uint8), 3)
+    suffix = ".gz" if compress else ""
+    _write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", images, compress)
+    _write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", labels, compress)
+    x, y = datasets.fashion_mnist("test", directory=str(tmp_path))
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(x, images / np.float32(255))
+    np.testing.assert_array_equal(y, labels)
+    xf, yf = datasets.fashion_mnist("test", directory=str(tmp_path), num_samples=20,
+                                    flatten=True)
+    assert xf.shape == (20, 784)
+    np.testing.assert_array_equal(np.bincount(yf, minlength=10), [2] * 10)
+    # Every subset row is one of the original images with its own label.
+    for row, label in zip(xf, yf):
+        k = np.flatnonzero((x.reshape(30, -1) == row).all(1))
+        assert k.size == 1 and y[k[0]] == label
+
+
+def test_read_idx_big_endian_ints(tmp_path):
+    arr = np.arange(-3, 3, dtype=">i4").reshape(2, 3)
+    _write_idx(tmp_path / "a", arr, False)
+    out = datasets.read_idx(str(tmp_path / "a"))
+    np.testing.assert_array_equal(out, [[-3, -2, -1], [0, 1, 2]])
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+    (tmp_path / "bad").write_bytes(b"hello world")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        datasets.read_idx(str(tmp_path / "bad"))
+
+
+def test_fashion_mnist_missing_names_the_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        datasets.fashion_mnist("train", directory=str(tmp_path))
+    with pytest.raises(ValueError, match="split"):
+        datasets.fashion_mnist("valid")
+
+
+@pytest.mark.skipif(not os.path.isdir(datasets.FASHION_MNIST_DIRS[0]),
+                    reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_debian_files():
+    x, y = datasets.fashion_mnist("test")
+    assert x.shape == (10000, 28, 28) and y.shape == (10000,)
+    assert 0.0 <= x.min() and x.max() == 1.0
+    np.testing.assert_array_equal(np.bincount(y), [1000] * 10)
+    np.testing.assert_array_equal(y[:5], [9, 2, 1, 1, 6])
+
+
+def test_subsample_rejects_too_many():
+    x, y = np.zeros((10, 1)), np.repeat([0, 1], 5)
+    with pytest.raises(ValueError, match="num_samples"):
+        datasets.subsample(x, y, 11)
+
+
+def test_digits():
+    x, y = datasets.digits(flatten=True)
+    assert x.shape == (1797, 64) and x.dtype == np.float32
+    assert x.max() == 1.0 and set(np.unique(y)) == set(range(10))
+
+
+def test_tfds_dataset_with_mock_data():
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=40):
+        x, y = datasets.tfds_dataset("fashion_mnist", "train")
+        assert x.shape == (40, 28, 28, 1) and x.dtype == np.float32
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        assert y.dtype == np.int32 and y.min() >= 0 and y.max() < 10
+        xf, _ = datasets.tfds_dataset("fashion_mnist", "train", flatten=True)
+        np.testing.assert_array_equal(xf, x.reshape(40, -1))
+        with pytest.raises(ValueError, match="label_key"):
+            datasets.tfds_dataset("fashion_mnist", "train", label_key="nope")
+
+
+def test_tfds_missing_names_the_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("tensorflow_datasets"):
+            raise ImportError("no tfds")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r'pip install "keras_dynloss\[datasets\]"'):
+        datasets.tfds_dataset("mnist")
