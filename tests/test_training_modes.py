@@ -272,3 +272,10 @@ def test_mirrored_strategy_two_cpus_matches_one_device(tmp_path):
     assert it_one == it_two == 24  # the step is counted once, not per replica
     np.testing.assert_allclose(two, one, atol=1e-5, rtol=0)
     assert max(one) - min(one) > 0.05  # the curve moves
+
+
+def test_scheduler_config_round_trip():
+    sched = kd.DynamicalLossScheduler(period_epochs=3, steps_per_epoch=7, log_weights=False)
+    back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sched))
+    assert isinstance(back, kd.DynamicalLossScheduler)
+    assert back.get_config() == {"period_epochs": 3, "steps_per_epoch": 7, "log_weights": False}
