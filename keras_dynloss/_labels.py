@@ -84,11 +84,16 @@ def checked_sparse_labels(y_true, y_pred, num_classes, invalid_label_counter=Non
     else:
         valid = tf.equal(clipped, labels)
     if not in_xla_context():
-        check = tf.debugging.Assert(
-            tf.reduce_all(valid),
-            [
-                "Invalid value for argument `y_true`: expected integer class labels "
-                f"in [0, {num_classes}) (num_classes={num_classes}). Received labels:",
+        # The raw op: tf.debugging.Assert wraps itself in a tf.cond (an If op that
+        # costs a function call every step); the raw kernel only formats its data
+        # when the condition fails.
+        check = tf.raw_ops.Assert(
+            condition=tf.reduce_all(valid),
+            data=[
+                tf.constant(
+                    "Invalid value for argument `y_true`: expected integer class labels "
+                    f"in [0, {num_classes}) (num_classes={num_classes}). Received labels:"
+                ),
                 y_true,
             ],
             summarize=16,
