@@ -5,7 +5,7 @@ functions for machine learning" (ICML 2021, arXiv 2102.03793); dynamical MSE fro
 Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690).
 """
 
-from keras_dynloss import datasets
+from keras_dynloss import curvature, datasets
 from keras_dynloss.callbacks import DynamicalLossScheduler
 from keras_dynloss.curvature import (
     CurvatureProbe,
@@ -40,31 +40,14 @@ from keras_dynloss.schedules import ClassWeightSchedule
 __version__ = "0.1.0"
 
 __all__ = [
-    "CurvatureProbe",
-    "DensityResult",
-    "EigenResult",
-    "HessianOperator",
-    "LanczosDecomposition",
-    "NTKOperator",
-    "NotTwiceDifferentiableError",
-    "TraceResult",
-    "hessian_density",
-    "hessian_eigenvalues",
-    "hessian_trace",
-    "hutchinson_trace",
-    "lanczos",
-    "lanczos_tridiagonal",
-    "ntk_eigenvalues",
-    "ntk_gram",
-    "power_iteration",
-    "spectral_density",
-    "datasets",
     "ClassWeightSchedule",
     "DynamicalComponentwiseMeanSquaredError",
     "DynamicalLoss",
     "DynamicalLossScheduler",
     "DynamicalMeanSquaredError",
+    "datasets",
     "dynamical_componentwise_mean_squared_error",
     "dynamical_crossentropy",
     "dynamical_mean_squared_error",
+    *curvature.__all__,
 ]

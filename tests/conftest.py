@@ -32,6 +32,22 @@ def numpy_crossentropy(labels, logits):
     return -logp[np.arange(len(labels)), labels]
 
 
+def explicit_hessian(model, loss, x, y):
+    """Dense Hessian via tape.jacobian of the gradient (independent of the HVP operators)."""
+    import tensorflow as tf
+
+    variables = model.trainable_variables
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            value = loss(y, model(x, training=False))
+        grads = inner.gradient(value, variables)
+        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+    jac = outer.jacobian(flat, variables)
+    n = int(flat.shape[0])
+    h = np.concatenate([tf.reshape(j, [n, -1]).numpy() for j in jac], axis=1).astype(np.float64)
+    return 0.5 * (h + h.T)
+
+
 @pytest.fixture(scope="session")
 def spiral():
     """Small 3-arm spiral (30 points per arm), float32 x, int32 labels."""

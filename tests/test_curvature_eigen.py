@@ -9,19 +9,7 @@ from keras_dynloss.curvature import hessian_density
 from keras_dynloss.curvature import hessian_eigenvalues
 from keras_dynloss.curvature import hessian_trace
 from keras_dynloss.curvature.algorithms import gaussian_density
-
-
-def explicit_hessian(model, loss, x, y):
-    variables = model.trainable_variables
-    with tf.GradientTape() as outer:
-        with tf.GradientTape() as inner:
-            value = loss(y, model(x, training=False))
-        grads = inner.gradient(value, variables)
-        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
-    jac = outer.jacobian(flat, variables)
-    n = int(flat.shape[0])
-    h = np.concatenate([tf.reshape(j, [n, -1]).numpy() for j in jac], axis=1).astype(np.float64)
-    return 0.5 * (h + h.T)
+from conftest import explicit_hessian
 
 
 def small_mlp():

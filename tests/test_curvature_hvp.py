@@ -7,21 +7,9 @@ import tensorflow as tf
 
 from keras_dynloss.curvature import HessianOperator
 from keras_dynloss.curvature import NotTwiceDifferentiableError
+from conftest import explicit_hessian
 
 F64 = "float64"
-
-
-def explicit_hessian(model, loss, x, y):
-    """Dense Hessian via tape.jacobian of the gradient (independent of the operator)."""
-    variables = model.trainable_variables
-    with tf.GradientTape() as outer:
-        with tf.GradientTape() as inner:
-            value = loss(y, model(x, training=False))
-        grads = inner.gradient(value, variables)
-        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
-    jac = outer.jacobian(flat, variables)
-    n = int(flat.shape[0])
-    return np.concatenate([tf.reshape(j, [n, -1]).numpy() for j in jac], axis=1)
 
 
 def mlp(dtype=F64, seed=0):
