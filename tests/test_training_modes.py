@@ -279,3 +279,21 @@ def test_scheduler_config_round_trip():
     back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sched))
     assert isinstance(back, kd.DynamicalLossScheduler)
     assert back.get_config() == {"period_epochs": 3, "steps_per_epoch": 7, "log_weights": False}
+
+
+def test_two_dynamical_losses_on_a_two_output_model(spiral):
+    x, y = spiral
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(C, name="a")(hidden),
+                                 keras.layers.Dense(C, name="b")(hidden)])
+    first = kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True, name="first")
+    second = kd.DynamicalLoss(C, amplitude=5, period=3, from_logits=True, name="second")
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=[first, second])
+    history = model.fit(x, (y, y), batch_size=len(x), epochs=4, shuffle=False, verbose=0,
+                        callbacks=[kd.DynamicalLossScheduler()])
+    assert first.step is model.optimizer.iterations and second.step is model.optimizer.iterations
+    np.testing.assert_allclose(history.history["first_gamma_0"][-1], numpy_gamma(3, C, A, T)[0], rtol=1e-5)
+    np.testing.assert_allclose(history.history["second_gamma_1"][-1], numpy_gamma(3, C, 5, 3)[1], rtol=1e-5)
+    assert "gamma_0" not in history.history
