@@ -14,6 +14,17 @@ from keras_dynloss.curvature import operators
 _EIG_ALGORITHMS = ("lanczos", "power_iteration")
 
 
+def _hessian(model, loss, data, hvp_mode, training, include_regularization):
+    return operators.HessianOperator(
+        model,
+        loss,
+        data,
+        mode=hvp_mode,
+        training=training,
+        include_regularization=include_regularization,
+    )
+
+
 def hessian_eigenvalues(
     model,
     loss,
@@ -67,14 +78,7 @@ def hessian_eigenvalues(
         >>> res.eigenvalues      # array([l1, l2, l3]), l1 >= l2 >= l3
     """
     algorithm = val.check_choice("algorithm", algorithm, _EIG_ALGORITHMS)
-    op = operators.HessianOperator(
-        model,
-        loss,
-        data,
-        mode=hvp_mode,
-        training=training,
-        include_regularization=include_regularization,
-    )
+    op = _hessian(model, loss, data, hvp_mode, training, include_regularization)
     if algorithm == "lanczos":
         return algorithms.lanczos(
             op,
@@ -128,14 +132,7 @@ def hessian_trace(
         >>> res = hessian_trace(model, loss, (x, y), num_samples=50)
         >>> res.trace, res.stderr
     """
-    op = operators.HessianOperator(
-        model,
-        loss,
-        data,
-        mode=hvp_mode,
-        training=training,
-        include_regularization=include_regularization,
-    )
+    op = _hessian(model, loss, data, hvp_mode, training, include_regularization)
     return algorithms.hutchinson_trace(
         op, op.size, num_samples=num_samples, distribution=distribution, seed=seed
     )
@@ -181,14 +178,7 @@ def hessian_density(
         >>> res = hessian_density(model, loss, (x, y), order=40)
         >>> plt.semilogy(res.grid, res.density)
     """
-    op = operators.HessianOperator(
-        model,
-        loss,
-        data,
-        mode=hvp_mode,
-        training=training,
-        include_regularization=include_regularization,
-    )
+    op = _hessian(model, loss, data, hvp_mode, training, include_regularization)
     return algorithms.spectral_density(
         op,
         op.size,
