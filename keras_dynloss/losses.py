@@ -16,7 +16,7 @@ from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_dynloss import _labels
 from keras_dynloss._checks import check_bool, invalid
-from keras_dynloss.schedules import ClassWeightSchedule
+from keras_dynloss.schedules import ClassWeightSchedule, deserialize_profile
 
 __all__ = [
     "dynamical_crossentropy",
@@ -262,10 +262,7 @@ class _ScheduledLoss(keras.losses.Loss):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("shape"), dict):
-            config["shape"] = keras.saving.deserialize_keras_object(config["shape"])
-        return cls(**config)
+        return cls(**deserialize_profile(config))
 
 
 @keras.saving.register_keras_serializable(package="keras_dynloss")

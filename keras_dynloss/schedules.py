@@ -69,6 +69,14 @@ def _hash_keys(seed, cycle, classes):
     return _mix(tf.math.floormod(key + _mix(classes + 1), _PRIME))
 
 
+def deserialize_profile(config):
+    """``config`` with a serialized custom ``shape`` callable turned back into it."""
+    config = dict(config)
+    if isinstance(config.get("shape"), dict):
+        config["shape"] = keras.saving.deserialize_keras_object(config["shape"])
+    return config
+
+
 @keras.saving.register_keras_serializable(package="keras_dynloss")
 class ClassWeightSchedule:
     """Γ(t): per-class weights of a dynamical loss at optimizer step ``t``.
@@ -233,14 +241,15 @@ class ClassWeightSchedule:
         table = self._table(dtype)
         if table is None:
             return self.formula(t, dtype)
-        gamma = tf.gather(table, tf.math.floormod(t, table.shape[0]))
-        if self.static_after is not None:
-            gamma = tf.where((t >= self.static_after)[..., None], tf.ones_like(gamma), gamma)
-        return gamma
+        return self._static(t, tf.gather(table, tf.math.floormod(t, table.shape[0])))
 
     def _table(self, dtype):
-        if self._groups_table is None or self.amplitude == 1:
-            return None if self.amplitude != 1 else tf.ones((1, self.num_classes), dtype)
+        """Γ over one cycle, shape (G·T, C) (one row of ones when A = 1), or None
+        when Γ is not periodic (random order) or the table would be too large."""
+        if self.amplitude == 1:
+            return tf.ones((1, self.num_classes), dtype)
+        if self._groups_table is None:
+            return None
         length = self.num_groups * self.period
         if length * self.num_classes > 2**20:
             return None
@@ -264,9 +273,13 @@ class ClassWeightSchedule:
             gamma = (self.num_classes * raw) / tf.reduce_sum(raw, -1, keepdims=True)
         else:
             gamma = raw
-        if static and self.static_after is not None:
-            gamma = tf.where((t >= self.static_after)[..., None], tf.ones_like(gamma), gamma)
-        return gamma
+        return self._static(t, gamma) if static else gamma
+
+    def _static(self, t, gamma):
+        """Γ ≡ 1 from ``static_after`` on."""
+        if self.static_after is None:
+            return gamma
+        return tf.where((t >= self.static_after)[..., None], tf.ones_like(gamma), gamma)
 
     def weights_at(self, step):
         """Γ(step) as a NumPy array: shape (C,) for a scalar step, else
@@ -310,10 +323,7 @@ class ClassWeightSchedule:
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("shape"), dict):
-            config["shape"] = keras.saving.deserialize_keras_object(config["shape"])
-        return cls(**config)
+        return cls(**deserialize_profile(config))
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
