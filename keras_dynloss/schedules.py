@@ -92,8 +92,9 @@ class ClassWeightSchedule:
             the profile's peak. ``A = 1`` gives ``Γ ≡ 1`` (plain loss).
         period: T, steps per period (> 0). Each period emphasises one group.
         shape: ``"triangular"`` (the paper's), ``"sine"``, ``"square"``, or a
-            callable ``h(phase) -> tensor`` mapping a float32 phase tensor in
-            [0, 1) to values in [0, 1] of the same shape. A custom callable must
+            callable ``h(phase) -> tensor`` mapping a phase tensor in [0, 1)
+            (float64 when Γ is asked for in float64, else float32) to values in
+            [0, 1] of the same shape. A custom callable must
             be registered with ``keras.saving.register_keras_serializable`` to
             survive ``model.save``.
         normalize: rescale so that ``Σ_i Γ_i = C``.
@@ -265,7 +266,12 @@ class ClassWeightSchedule:
         dtype = tf.as_dtype(dtype)
         t = tf.cast(step, tf.int64)
         k = tf.math.floordiv(t, self.period)
-        phase = tf.cast(t - k * self.period, tf.float32) / float(self.period)
+        # The phase in float64 for a float64 Γ (exact to rounding), else float32
+        # (float16/bfloat16 cannot even represent (t mod T) / T for large T).
+        phase_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+        phase = tf.cast(t - k * self.period, phase_dtype) / tf.constant(
+            self.period, phase_dtype
+        )
         h = tf.cast(self._profile(phase), dtype)
         mask = tf.cast(self.emphasis(k), dtype)
         raw = 1.0 + (self.amplitude - 1.0) * h[..., None] * mask
@@ -281,9 +287,10 @@ class ClassWeightSchedule:
             return gamma
         return tf.where((t >= self.static_after)[..., None], tf.ones_like(gamma), gamma)
 
-    def weights_at(self, step):
+    def weights_at(self, step, dtype="float32"):
         """Γ(step) as a NumPy array: shape (C,) for a scalar step, else
-        ``np.shape(step) + (C,)``. Runs the same function the graph runs."""
+        ``np.shape(step) + (C,)``, of ``dtype``. Runs the same function the graph
+        runs."""
         step = np.asarray(step)
         if (
             step.dtype.kind not in "iu"
@@ -291,7 +298,7 @@ class ClassWeightSchedule:
             or np.any(step > np.iinfo(np.int64).max)
         ):
             raise invalid("step", "non-negative integer step(s) < 2**63", step.tolist())
-        return self(tf.constant(step, tf.int64)).numpy()
+        return self(tf.constant(step, tf.int64), dtype=dtype).numpy()
 
     def emphasized_at(self, step):
         """Indices of the classes emphasised at ``step`` (empty when static or A=1)."""

@@ -178,3 +178,18 @@ def test_lookup_table_equals_formula(kwargs):
     big = ClassWeightSchedule(3, amplitude=70, period=2**19)  # table too large: formula
     assert big._table(tf.float32) is None
     np.testing.assert_allclose(big.weights_at(2**18), [70 * 3 / 72, 3 / 72, 3 / 72], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", ["triangular", "sine"])
+@pytest.mark.parametrize("period", [997, 3_000_017])  # lookup table and formula paths
+def test_float64_gamma_is_exact_to_rounding(shape, period):
+    s = ClassWeightSchedule(3, amplitude=70, period=period, shape=shape)
+    rng = np.random.default_rng(period)
+    steps = np.concatenate([rng.integers(0, 3 * period, 40), [period // 3, 2**50 + 7]])
+    got = s.weights_at(steps, dtype="float64")
+    assert got.dtype == np.float64
+    want = np.array([numpy_gamma(t, 3, 70, period, shape) for t in steps])
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-15)
+    graph = tf.function(lambda t: s(t, dtype=tf.float64), jit_compile=True)
+    np.testing.assert_allclose(graph(tf.constant(steps, tf.int64)).numpy(), want,
+                               rtol=1e-15, atol=1e-15)
