@@ -14,11 +14,12 @@ from keras_dynloss.curvature import operators
 _EIG_ALGORITHMS = ("lanczos", "power_iteration")
 
 
-def _hessian(model, loss, data, hvp_mode, training, include_regularization):
+def _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches):
     return operators.HessianOperator(
         model,
         loss,
         data,
+        num_batches=num_batches,
         mode=hvp_mode,
         training=training,
         include_regularization=include_regularization,
@@ -37,6 +38,7 @@ def hessian_eigenvalues(
     tol=1e-4,
     which="largest",
     seed=0,
+    num_batches=None,
     hvp_mode="reverse_over_reverse",
     training=False,
     include_regularization=True,
@@ -52,7 +54,13 @@ def hessian_eigenvalues(
         model: a built `keras.Model`.
         loss: a Keras loss or any `loss(y_true, y_pred) -> scalar` (e.g.
             `DynamicalLoss(...).at_step(t)`).
-        data: `(x, y)`, `(x, y, sample_weight)` or a `tf.data.Dataset`.
+        data: `(x, y)`, `(x, y, sample_weight)` or a `tf.data.Dataset`. A
+            dataset is read once into memory (see `HessianOperator`): every
+            product uses the same batches, so shuffling or random augmentation
+            cannot change the operator between products. An infinite
+            (`.repeat()`) or unknown-length dataset is refused unless
+            `num_batches` bounds it.
+        num_batches: use only the first `num_batches` batches of a dataset.
         k: number of eigenvalues.
         algorithm: `"lanczos"` (default; full float64 reorthogonalisation) or
             `"power_iteration"` (with deflation; largest magnitude).
@@ -78,7 +86,7 @@ def hessian_eigenvalues(
         >>> res.eigenvalues      # array([l1, l2, l3]), l1 >= l2 >= l3
     """
     algorithm = val.check_choice("algorithm", algorithm, _EIG_ALGORITHMS)
-    op = _hessian(model, loss, data, hvp_mode, training, include_regularization)
+    op = _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches)
     if algorithm == "lanczos":
         return algorithms.lanczos(
             op,
@@ -109,6 +117,7 @@ def hessian_trace(
     num_samples=100,
     distribution="rademacher",
     seed=0,
+    num_batches=None,
     hvp_mode="reverse_over_reverse",
     training=False,
     include_regularization=True,
@@ -122,7 +131,7 @@ def hessian_trace(
         num_samples: number of probe vectors (= Hessian-vector products).
         distribution: `"rademacher"` or `"gaussian"`.
         seed: seed of the probe vectors.
-        hvp_mode, training, include_regularization: as in
+        num_batches, hvp_mode, training, include_regularization: as in
             `hessian_eigenvalues`.
 
     Returns:
@@ -132,7 +141,7 @@ def hessian_trace(
         >>> res = hessian_trace(model, loss, (x, y), num_samples=50)
         >>> res.trace, res.stderr
     """
-    op = _hessian(model, loss, data, hvp_mode, training, include_regularization)
+    op = _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches)
     return algorithms.hutchinson_trace(
         op, op.size, num_samples=num_samples, distribution=distribution, seed=seed
     )
@@ -149,6 +158,7 @@ def hessian_density(
     grid=None,
     num_points=512,
     seed=0,
+    num_batches=None,
     hvp_mode="reverse_over_reverse",
     training=False,
     include_regularization=True,
@@ -167,7 +177,7 @@ def hessian_density(
             the spectrum).
         num_points: grid size when `grid` is `None`.
         seed: seed of the start vectors.
-        hvp_mode, training, include_regularization: as in
+        num_batches, hvp_mode, training, include_regularization: as in
             `hessian_eigenvalues`.
 
     Returns:
@@ -178,7 +188,7 @@ def hessian_density(
         >>> res = hessian_density(model, loss, (x, y), order=40)
         >>> plt.semilogy(res.grid, res.density)
     """
-    op = _hessian(model, loss, data, hvp_mode, training, include_regularization)
+    op = _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches)
     return algorithms.spectral_density(
         op,
         op.size,

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dynloss import _checks as val
+from keras_dynloss.curvature import data as data_lib
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
 
@@ -411,7 +412,12 @@ class HessianOperator:
             e.g. a `keras.losses.Loss` (a `DynamicalLoss` bound to a step
             included). Non-scalar results are averaged.
         data: `(x, y)` / `(x, y, sample_weight)` arrays or tensors, or a
-            `tf.data.Dataset` yielding such tuples.
+            `tf.data.Dataset` yielding such tuples. A dataset is read once, here,
+            and its batches kept in memory (`batches`): every product uses the
+            same data, so a shuffled or randomly augmented dataset gives the
+            curvature of the batches drawn now. An infinite or
+            unknown-cardinality dataset needs `num_batches`.
+        num_batches: use only the first `num_batches` batches of a dataset.
         mode: `"reverse_over_reverse"` (default; two nested tapes,
             `H v = grad <grad L, v>`) or `"forward_over_reverse"`
             (`ForwardAccumulator` around `GradientTape`). Both give the same
@@ -427,6 +433,7 @@ class HessianOperator:
         size: `n`.
         dtype: parameter dtype in which products are computed.
         num_matvecs: products computed so far.
+        batches: list of `(x, y, sample_weight or None)` the operator uses.
 
     Example:
         >>> hvp = HessianOperator(model, keras.losses.MeanSquaredError(), (x, y))
@@ -439,6 +446,7 @@ class HessianOperator:
         loss,
         data,
         *,
+        num_batches=None,
         mode="reverse_over_reverse",
         training=False,
         include_regularization=True,
@@ -450,7 +458,8 @@ class HessianOperator:
         self.flat = FlatParameters(model)
         self.model = model
         self.loss = loss
-        self.data = check_data(data)
+        self._batches = data_lib.materialize(data, num_batches=num_batches)
+        self.batches = [(x, y, sw) for x, y, sw, _ in self._batches]
         self.mode = mode
         self.size = self.flat.size
         self.dtype = self.flat.dtype
@@ -472,7 +481,7 @@ class HessianOperator:
 
     def _average(self, fn):
         total, count = None, 0
-        for x, y, sw, nb in iterate_batches(self.data):
+        for x, y, sw, nb in self._batches:
             out = run_guarded(
                 self.model, fn, x, y, sw, probes=self._probes(x, y, sw)
             )
