@@ -10,7 +10,7 @@
   (``pip install "keras_dynloss[datasets]"``).
 
 All loaders return NumPy arrays ``(x, y)``: ``x`` float32 (scaled to [0, 1] for
-images), ``y`` int32 class labels.
+images; ``spiral(dtype="float64")`` for float64 points), ``y`` int32 class labels.
 """
 
 import gzip
@@ -41,7 +41,8 @@ FASHION_MNIST_CLASSES = (
 _DATASETS_EXTRA = 'pip install "keras_dynloss[datasets]"'
 
 
-def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0):
+def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0, *,
+           dtype="float32"):
     """The authors' spiral: ``C`` noisy arms of ``N`` points in the plane.
 
     For arm ``j``: ``r = linspace(0, 1, N)``,
@@ -57,21 +58,30 @@ def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0
         revolutions: angle span of each arm in units of π (the paper's 4).
         noise: standard deviation of the angular noise (>= 0).
         seed: seed passed to ``np.random.seed``.
+        dtype: ``"float32"`` or ``"float64"``, the dtype of ``x``. The points are
+            always computed in float64 (as the authors' code does) and then cast,
+            so ``dtype="float64"`` gives the authors' points exactly.
 
     Returns:
-        ``(x, y)``: ``x`` float32 of shape ``(N·C, 2)``, ``y`` int32 of shape
-        ``(N·C,)``, arm by arm.
+        ``(x, y)``: ``x`` of ``dtype`` and shape ``(N·C, 2)``, ``y`` int32 of
+        shape ``(N·C,)``, arm by arm.
 
     Example:
-        >>> x, y = spiral()
-        >>> x.shape, y.shape
-        ((300, 2), (300,))
+        >>> x, y = spiral(dtype="float64")
+        >>> x.shape, x.dtype, y.shape
+        ((300, 2), dtype('float64'), (300,))
     """
     n = check_int("points_per_class", points_per_class, minimum=1)
     c = check_int("num_classes", num_classes, minimum=2)
     revolutions = check_number("revolutions", revolutions, minimum=0)
     noise = check_number("noise", noise, minimum=0)
     seed = check_int("seed", seed, minimum=0)
+    try:
+        out_dtype = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        out_dtype = None
+    if out_dtype not in (np.float32, np.float64):
+        raise invalid("dtype", "'float32' or 'float64'", dtype)
     np.random.seed(seed)
     x = np.zeros((n * c, 2))
     y = np.zeros(n * c, dtype="int32")
@@ -84,7 +94,7 @@ def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0
         )
         x[ix] = np.c_[r * np.cos(t), r * np.sin(t)]
         y[ix] = j
-    return x.astype("float32"), y
+    return x.astype(out_dtype), y
 
 
 # -- Fashion-MNIST from IDX files ------------------------------------------

@@ -37,6 +37,26 @@ def test_spiral_is_the_authors_construction(kwargs):
     assert np.issubdtype(y.dtype, np.integer)
 
 
+def test_spiral_float64_is_the_authors_points_exactly():
+    # The authors computed (and trained on) float64 points: dtype="float64" must
+    # give them bit for bit, not float32 points widened back to float64.
+    x64, y = datasets.spiral(dtype="float64")
+    ref_x, ref_y = authors_spiral()
+    assert x64.dtype == np.float64
+    np.testing.assert_array_equal(x64, ref_x)
+    np.testing.assert_array_equal(y, ref_y)
+    x32, _ = datasets.spiral()
+    assert np.any(x32.astype(np.float64) != x64)  # float32 rounding is visible
+    np.testing.assert_array_equal(x32, x64.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int32", None, "nonsense"])
+def test_spiral_rejects_other_dtypes(dtype):
+    with pytest.raises(ValueError, match="Invalid value for argument `dtype`: expected "
+                                         "'float32' or 'float64'"):
+        datasets.spiral(dtype=dtype)
+
+
 def test_spiral_known_values_and_seed():
     x, y = datasets.spiral()
     assert x.shape == (300, 2) and y.shape == (300,)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["clean_json", "write_json", "run_jobs"]
+__all__ = ["clean_json", "write_json", "run_jobs", "configure_worker_devices"]
 
 
 def clean_json(obj, digits=None):
@@ -43,12 +43,49 @@ def write_json(result, out_dir, name, *, digits=None, indent=1):
     return path
 
 
-def _init_worker(threads):
+def configure_worker_devices(index, tf=None):
+    """Gives worker process ``index`` one GPU, with memory growth, if there are GPUs.
+
+    Worker ``i`` of a pool sees only GPU ``i mod n`` (``tf.config.set_visible_devices``),
+    round-robin over the ``n`` GPUs TensorFlow finds, and that GPU allocates memory
+    as it needs it (``tf.config.experimental.set_memory_growth``), so that several
+    workers can share a card and none reserves a whole one (TensorFlow's default).
+    On a machine without GPUs nothing changes. Must run before TensorFlow
+    initialises its devices (first op) in the process.
+
+    Args:
+        index: the worker's index, >= 0.
+        tf: the ``tensorflow`` module (a stand-in in tests); imported if None.
+
+    Returns:
+        The name of the GPU given to the worker (e.g.
+        ``"/physical_device:GPU:1"``), or None on a CPU-only machine.
+    """
+    if tf is None:
+        import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    gpu = gpus[index % len(gpus)]
+    tf.config.set_visible_devices([gpu], "GPU")
+    tf.config.experimental.set_memory_growth(gpu, True)
+    return gpu.name
+
+
+def _init_worker(threads, counter=None):
+    """Pool initializer: quiet logs, a share of the CPU threads, one GPU (see
+    :func:`configure_worker_devices`); ``counter`` hands out worker indices."""
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
+    index = 0
+    if counter is not None:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+    configure_worker_devices(index, tf)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -58,6 +95,11 @@ def _init_worker(threads):
 
 def run_jobs(fn, jobs, *, processes=None, progress=True, label="runs"):
     """``[fn(**job) for job in jobs]`` in a pool of spawned processes, with a progress bar.
+
+    Each worker gets ``os.cpu_count() // processes`` TensorFlow threads and, on a
+    GPU machine, one GPU with memory growth (worker ``i`` gets GPU ``i mod n``;
+    see :func:`configure_worker_devices`), so ``processes`` workers never each
+    reserve every GPU.
 
     Args:
         fn: a module-level function (picklable).
@@ -98,8 +140,10 @@ def run_jobs(fn, jobs, *, processes=None, progress=True, label="runs"):
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // processes)
-    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads, counter)) as pool:
         futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
