@@ -68,11 +68,10 @@ class StepRecorder(keras.metrics.Metric):
         self._loss = loss
         self._iterations = optimizer_iterations
         self.num_steps = int(num_steps)
-        self._dtype_buf = "float32"
         with tf.init_scope():
-            self.loss_trace = tf.Variable(tf.fill([self.num_steps], np.nan), trainable=False)
-            self.acc_trace = tf.Variable(tf.fill([self.num_steps], np.nan), trainable=False)
-            self.gamma_label = tf.Variable(0.0, trainable=False)
+            nan = tf.constant(np.nan, self.dtype)
+            self.loss_trace = tf.Variable(tf.fill([self.num_steps], nan), trainable=False)
+            self.acc_trace = tf.Variable(tf.fill([self.num_steps], nan), trainable=False)
         self.latest = self.add_variable(shape=(), initializer="zeros", name="latest")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
@@ -85,8 +84,8 @@ class StepRecorder(keras.metrics.Metric):
             gamma = tf.ones([num_classes], y_pred.dtype)
         f = tf.reduce_mean(dynamical_crossentropy(labels, y_pred, gamma, from_logits=True))
         acc = tf.reduce_mean(tf.cast(
-            tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32), labels), tf.float32))
-        f = tf.cast(f, tf.float32)
+            tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32), labels), self.dtype))
+        f = tf.cast(f, self.dtype)
         idx = tf.clip_by_value(step, 0, self.num_steps - 1)[None, None]
         keep = step < self.num_steps
         self.loss_trace.scatter_nd_update(idx, tf.where(keep, f, self.loss_trace[idx[0, 0]])[None])
@@ -160,8 +159,7 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         recorded ``loss`` / ``accuracy`` (``(steps,)`` arrays), ``probe`` (the
         probe history dict), ``gamma`` (Γ rows at ~2000 evenly spread steps ``gamma_steps``).
     """
-    x, y = spiral(seed=data_seed)
-    x = x.astype(dtype)
+    x, y = spiral(seed=data_seed, dtype=dtype)
     num_classes = int(y.max()) + 1
     model = build_mlp(width, num_classes, seed=seed, dtype=dtype)
     static_after = max(steps - period, 0)
@@ -180,7 +178,7 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
     metrics = ["accuracy"]
     recorder = None
     if record:
-        recorder = StepRecorder(loss, optimizer.iterations, steps)
+        recorder = StepRecorder(loss, optimizer.iterations, steps, dtype=dtype)
         metrics = [recorder, "accuracy"]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   steps_per_execution=steps_per_execution)
@@ -208,7 +206,9 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
     seconds = time.perf_counter() - start
     logits = model(x, training=False)
     final_acc = float(np.mean(np.argmax(np.asarray(logits), -1) == y))
-    final_loss = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits))
+    # Plain cross-entropy in the model's dtype (Keras losses default to float32).
+    final_loss = float(keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, dtype=dtype)(y, logits))
     out = dict(final_acc=final_acc, final_loss=final_loss, seconds=seconds, steps=steps,
                width=width, amplitude=float(amplitude), period=period, seed=seed,
                dtype=dtype, learning_rate=learning_rate)
