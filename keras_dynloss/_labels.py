@@ -1,26 +1,33 @@
 """Label handling shared by the dynamical losses: sparse vs one-hot, and validation.
 
-Out-of-range labels must never be clamped silently. Outside XLA an in-graph
-assertion raises ``tf.errors.InvalidArgumentError`` at the offending step. XLA
-drops assertions (and clamps gather indices), so under ``jit_compile=True`` the
-losses instead (1) turn the batch's loss and gradients into NaN, so nothing is
-learned from it, and (2) count the invalid labels in an optional counter
-variable, which :class:`keras_dynloss.DynamicalLossScheduler` checks at the end
-of each epoch and of ``evaluate`` to raise ``InvalidArgumentError``.
+Out-of-range labels are never clamped silently. A sparse label is valid when it
+is an integer in ``[0, C)``.
+
+* Outside XLA an in-graph assertion raises ``tf.errors.InvalidArgumentError``
+  at the offending step, before any weight is updated. The assertion's only
+  data is a constant string, so when the check passes nothing is copied from
+  the device (``Assert``'s data inputs live in host memory: passing the labels
+  would copy them to the host on every GPU step).
+* Under XLA (``jit_compile=True``) assertions are dropped and gather indices
+  are clamped, so the losses instead compute every sample with a safe (clipped)
+  label and then give each *invalid sample* weight 0 with ``tf.where`` (its
+  loss and its gradient are exactly 0; the batch's valid samples still train,
+  and the batch mean still divides by the full batch size, as with
+  ``sample_weight=0``). The invalid labels are counted in-graph in a counter
+  variable, which :class:`keras_dynloss.DynamicalLossScheduler` checks at the
+  end of each epoch and of ``evaluate`` to raise ``InvalidArgumentError``.
+  Without a counter (a pure loss function called under XLA) an invalid
+  sample's loss is NaN instead, so the reported loss shows it; its gradient is
+  still 0, so the weights stay finite.
 """
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
+
+from keras_dynloss._compat import in_xla_context
 
 __all__ = []
 
 SPARSE, ONE_HOT = "sparse", "one_hot"
-
-
-def in_xla_context():
-    """True while tracing inside a ``tf.function(jit_compile=True)``."""
-    graph = tf.compat.v1.get_default_graph()
-    return control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
 def label_kind(y_true, y_pred, num_classes):
@@ -63,59 +70,74 @@ def label_kind(y_true, y_pred, num_classes):
 
 
 def checked_sparse_labels(y_true, y_pred, num_classes, invalid_label_counter=None):
-    """Validated int64 labels of shape ``y_pred.shape[:-1]``, and a NaN-poison scale.
+    """Validated int64 labels of shape ``y_pred.shape[:-1]``, and a validity mask.
 
-    A label is valid when it is an integer in ``[0, num_classes)``; the check is
-    ``clip(int(y), 0, C - 1) == y`` (catches negatives, too-large and fractional
-    labels in one comparison).
+    The check is ``clip(int(y), 0, C - 1) == y`` (catches negatives, too-large,
+    fractional and NaN labels in one comparison).
 
     Returns:
-        labels: int64 tensor, shape ``y_pred.shape[:-1]``.
-        scale: None outside XLA; under XLA a scalar that is 1 when every label
-            is valid and NaN otherwise, to multiply into the per-sample losses.
+        labels: int64 tensor in ``[0, C)``, shape ``y_pred.shape[:-1]``.
+        valid: None outside XLA (an assertion guards the labels); under XLA a
+            bool tensor of ``labels``' shape, False for invalid samples, to pass
+            to :func:`mask_invalid` (the invalid ones are counted in
+            ``invalid_label_counter`` when given).
     """
     y_true = tf.convert_to_tensor(y_true)
     if y_true.shape.rank == y_pred.shape.rank:
         y_true = tf.squeeze(y_true, -1)
-    labels = tf.cast(y_true, tf.int64)
-    clipped = tf.clip_by_value(labels, 0, num_classes - 1)
+    labels = tf.clip_by_value(tf.cast(y_true, tf.int64), 0, num_classes - 1)
     if y_true.dtype.is_floating:
-        valid = tf.equal(tf.cast(clipped, y_true.dtype), y_true)
+        valid = tf.equal(tf.cast(labels, y_true.dtype), y_true)
     else:
-        valid = tf.equal(clipped, labels)
+        valid = tf.equal(labels, tf.cast(y_true, tf.int64))
     if not in_xla_context():
-        # The raw op: tf.debugging.Assert wraps itself in a tf.cond (an If op that
-        # costs a function call every step); the raw kernel only formats its data
-        # when the condition fails.
+        # The raw op (tf.debugging.Assert adds a tf.cond, a function call every
+        # step) with constant data only: nothing is read from the device unless
+        # the condition fails.
         check = tf.raw_ops.Assert(
             condition=tf.reduce_all(valid),
             data=[
                 tf.constant(
                     "Invalid value for argument `y_true`: expected integer class labels "
-                    f"in [0, {num_classes}) (num_classes={num_classes}). Received labels:"
-                ),
-                y_true,
+                    f"in [0, {num_classes}) (num_classes={num_classes}). Received a "
+                    "batch with at least one label outside that range."
+                )
             ],
-            summarize=16,
+            summarize=1,
         )
         with tf.control_dependencies([check]):  # before the kernels see the labels
             return tf.identity(labels), None
-    invalid = tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.int64))
     if invalid_label_counter is not None:
-        invalid_label_counter.assign_add(invalid)
-    scale = tf.where(invalid > 0, float("nan"), 1.0)
-    return labels, tf.cast(scale, y_pred.dtype)
+        invalid_label_counter.assign_add(
+            tf.reduce_sum(tf.cast(tf.logical_not(valid), tf.int64))
+        )
+    return labels, valid
+
+
+def mask_invalid(values, valid, invalid_label_counter=None):
+    """Per-sample ``values`` with the invalid samples' entries replaced.
+
+    Replaced by 0 when the invalid labels are counted (``invalid_label_counter``
+    given), else by NaN, so an uncounted bad label still shows in the loss.
+    ``tf.where`` (not a product: NaN * 0 is NaN) also gives those entries a
+    zero gradient. ``valid=None`` returns ``values`` unchanged.
+    """
+    if valid is None:
+        return values
+    fill = 0.0 if invalid_label_counter is not None else float("nan")
+    return tf.where(valid, values, tf.constant(fill, values.dtype))
 
 
 def one_hot_targets(y_true, y_pred, num_classes, invalid_label_counter=None):
     """Float targets of ``y_pred``'s shape from sparse labels or one-hot targets.
 
-    Returns ``(targets, labels_or_None, scale_or_None)``.
+    Returns ``(targets, labels_or_None, valid_or_None)`` (see
+    :func:`checked_sparse_labels`).
     """
     y_true = tf.convert_to_tensor(y_true)
     if label_kind(y_true, y_pred, num_classes) == SPARSE:
-        labels, scale = checked_sparse_labels(
+        labels, valid = checked_sparse_labels(
             y_true, y_pred, num_classes, invalid_label_counter
         )
-        return tf.one_hot(labels, num_classes, dtype=y_pred.dtype), labels, scale
+        return tf.one_hot(labels, num_classes, dtype=y_pred.dtype), labels, valid
     return tf.cast(y_true, y_pred.dtype), None, None

@@ -62,7 +62,7 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
             else check_int("steps_per_epoch", steps_per_epoch, minimum=1)
         )
         self.log_weights = check_bool("log_weights", log_weights)
-        self._counters = {}
+        self._epoch = None  # the current epoch while fit runs
 
     def _losses(self):
         if self.loss is not None:
@@ -80,6 +80,7 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
         return found
 
     def _bind(self):
+        created = False
         for loss in self._losses():
             loss.bind(self.model)
             if loss.invalid_label_counter is None:
@@ -90,6 +91,20 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
                         aggregation=tf.VariableAggregation.SUM,
                         name="invalid_label_count",
                     )
+                created = True
+        if created:  # steps traced before had no counter to add to
+            self._retrace()
+
+    def _retrace(self):
+        """Traces anew every compiled function already built: the loss's counter
+        and schedule (period, profile) are constants of the traced step."""
+        for attr, make in (
+            ("train_function", "make_train_function"),
+            ("test_function", "make_test_function"),
+            ("predict_function", "make_predict_function"),
+        ):
+            if getattr(self.model, attr, None) is not None:
+                getattr(self.model, make)(force=True)
 
     def _set_period_from_epochs(self):
         steps = self.steps_per_epoch or (self.params or {}).get("steps")
@@ -111,7 +126,13 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
             # The period is a constant of the traced step: trace it anew.
             self.model.make_train_function(force=True)
 
-    def _check_labels(self):
+    def _reset_label_counts(self):
+        for loss in self._losses():
+            if loss.invalid_label_counter is not None:
+                loss.invalid_label_counter.assign(0)
+
+    def _check_labels(self, where):
+        """Raises if the XLA-compiled steps counted invalid labels (see ``_labels``)."""
         for loss in self._losses():
             counter = loss.invalid_label_counter
             if counter is not None:
@@ -122,28 +143,40 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
                         None, None,
                         f"Invalid value for argument `y_true`: expected integer class "
                         f"labels in [0, {loss.num_classes}) for loss '{loss.name}'. "
-                        f"Received {n} labels outside that range (found by the XLA-"
-                        "compiled step, whose loss was set to NaN).",
+                        f"Received {n} labels outside that range during {where} (found "
+                        "by the XLA-compiled step, which gave those samples weight 0; "
+                        "the other samples were used).",
                     )
 
     # -- hooks -------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         self._bind()
+        self._reset_label_counts()
+        self._epoch = None
         if self.period_epochs is not None:
             self._set_period_from_epochs()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
     def on_test_begin(self, logs=None):
         self._bind()
+        if self._epoch is None:  # a plain evaluate(): forget earlier, aborted runs
+            self._reset_label_counts()
+        else:  # validation inside fit: the epoch's training steps are done
+            self._check_labels(f"training epoch {self._epoch + 1}")
 
     def on_test_end(self, logs=None):
-        self._check_labels()
+        self._check_labels("evaluation")
 
     def on_train_end(self, logs=None):
-        self._check_labels()
+        self._epoch = None
+        self._check_labels("training")
 
     def on_epoch_end(self, epoch, logs=None):
-        self._check_labels()
+        self._epoch = None
+        self._check_labels(f"training epoch {epoch + 1}")
         if not self.log_weights or logs is None:
             return
         losses = self._losses()

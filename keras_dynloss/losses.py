@@ -12,9 +12,8 @@ import copy
 
 import keras
 import tensorflow as tf
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-
 from keras_dynloss import _labels
+from keras_dynloss._compat import in_symbolic_scope
 from keras_dynloss._checks import check_bool, invalid
 from keras_dynloss.schedules import ClassWeightSchedule, deserialize_profile
 
@@ -39,10 +38,6 @@ def _class_weights(class_weights, y_pred):
     return class_weights, int(class_weights.shape[0])
 
 
-def _poisoned(values, scale):
-    return values if scale is None else values * scale
-
-
 def dynamical_crossentropy(
     y_true, y_pred, class_weights, *, from_logits=False, invalid_label_counter=None
 ):
@@ -59,6 +54,11 @@ def dynamical_crossentropy(
         from_logits: whether ``y_pred`` holds logits.
         invalid_label_counter: optional int64 variable incremented by the number
             of invalid labels under XLA, where in-graph assertions are dropped.
+            Outside XLA an invalid label raises ``tf.errors.InvalidArgumentError``
+            at once. Under XLA an invalid sample's loss and gradient are 0 when
+            the counter is given (the batch's valid samples still train; the
+            mean still divides by the whole batch), NaN (with zero gradient)
+            when it is not.
 
     Returns:
         Per-sample losses, shape (B,).
@@ -71,7 +71,7 @@ def dynamical_crossentropy(
     class_weights, num_classes = _class_weights(class_weights, y_pred)
     y_true = tf.convert_to_tensor(y_true)
     if _labels.label_kind(y_true, y_pred, num_classes) == _labels.SPARSE:
-        labels, scale = _labels.checked_sparse_labels(
+        labels, valid = _labels.checked_sparse_labels(
             y_true, y_pred, num_classes, invalid_label_counter
         )
         ce = keras.losses.sparse_categorical_crossentropy(
@@ -84,8 +84,8 @@ def dynamical_crossentropy(
             targets, y_pred, from_logits=from_logits
         )
         weights = tf.linalg.matvec(targets, class_weights)
-        scale = None
-    return _poisoned(weights * ce, scale)
+        valid = None
+    return _labels.mask_invalid(weights * ce, valid, invalid_label_counter)
 
 
 def dynamical_mean_squared_error(
@@ -107,7 +107,7 @@ def dynamical_mean_squared_error(
     """
     y_pred = tf.convert_to_tensor(y_pred)
     class_weights, num_classes = _class_weights(class_weights, y_pred)
-    targets, labels, scale = _labels.one_hot_targets(
+    targets, labels, valid = _labels.one_hot_targets(
         y_true, y_pred, num_classes, invalid_label_counter
     )
     if labels is not None:
@@ -115,7 +115,7 @@ def dynamical_mean_squared_error(
     else:
         weights = tf.linalg.matvec(targets, class_weights)
     mse = tf.reduce_mean(tf.square(targets - y_pred), axis=-1)
-    return _poisoned(weights * mse, scale)
+    return _labels.mask_invalid(weights * mse, valid, invalid_label_counter)
 
 
 def dynamical_componentwise_mean_squared_error(
@@ -136,11 +136,11 @@ def dynamical_componentwise_mean_squared_error(
     """
     y_pred = tf.convert_to_tensor(y_pred)
     class_weights, num_classes = _class_weights(class_weights, y_pred)
-    targets, _, scale = _labels.one_hot_targets(
+    targets, _, valid = _labels.one_hot_targets(
         y_true, y_pred, num_classes, invalid_label_counter
     )
     mse = tf.reduce_mean(class_weights * tf.square(targets - y_pred), axis=-1)
-    return _poisoned(mse, scale)
+    return _labels.mask_invalid(mse, valid, invalid_label_counter)
 
 
 _UNBOUND_MESSAGE = (
@@ -290,8 +290,12 @@ class DynamicalLoss(_ScheduledLoss):
         seed: seed of the random class order.
         reduction, name, dtype: as for any ``keras.losses.Loss``.
 
-    Labels: sparse integers (B,) or (B, 1), or one-hot (B, C). Labels outside
-    ``[0, C)`` raise ``tf.errors.InvalidArgumentError`` (see ``_labels``).
+    Labels: sparse integers (B,) or (B, 1), or one-hot (B, C). A label outside
+    ``[0, C)`` raises ``tf.errors.InvalidArgumentError``: at once without XLA;
+    under ``jit_compile=True`` (where assertions are dropped) the invalid samples
+    get weight 0 (the batch's valid samples still train, the mean still divides
+    by the whole batch) and are counted, and ``DynamicalLossScheduler`` raises at
+    the end of the epoch / ``evaluate``, with the weights still finite.
     ``sample_weight`` and ``fit(class_weight=...)`` multiply Γ.
 
     Example:
