@@ -1,8 +1,9 @@
 """Command line: reproduce the paper's experiments.
 
     python -m keras_dynloss fig4        [--out DIR] [--steps N] [--width W] ...
-    python -m keras_dynloss width-sweep [--out DIR] [--widths 16,32] [--seeds 0,1,2] ...
-    python -m keras_dynloss overparam   [--out DIR] [--amplitudes 1,10,50] ...
+    python -m keras_dynloss width-sweep [--out DIR] [--widths 16,32] [--seeds 0-9] \
+        [--loss ce|mse|dmse|dmse-componentwise] [--reference results/reference/...json]
+    python -m keras_dynloss overparam   [--out DIR] [--amplitudes 1,10,50] [--model myrtle] ...
 
 (also installed as ``keras-dynloss``). Each command shows a progress bar and
 writes ``DIR/<command>.json`` and ``DIR/<command>.png`` (default ``DIR=runs``).
@@ -17,7 +18,22 @@ __all__ = ["main", "build_parser"]
 
 
 def _ints(text):
-    return tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
+    """``"0,1,5"`` -> (0, 1, 5); ``"0-9"`` -> (0, ..., 9); ranges mix with commas."""
+    out = []
+    try:
+        for part in str(text).replace(" ", "").split(","):
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if sep and lo else [int(part)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers or ranges like 0-9. Received: {text!r}")
+    return tuple(out)
+
+
+def _optional_int(text):
+    return None if str(text).lower() == "none" else int(text)
 
 
 def _floats(text):
@@ -49,6 +65,7 @@ def build_parser():
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--amplitude", type=float, default=None)
     p.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    _loss_flags(p, validation_default="none")
 
     p = sub.add_parser("width-sweep", help="final spiral accuracy vs width, A and seed")
     _common(p)
@@ -59,8 +76,13 @@ def build_parser():
                    dest="amplitudes", help="comma-separated A values (1 = cross-entropy)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None)
     p.add_argument("--processes", type=int, default=None, help="worker processes")
+    p.add_argument("--learning-rate", type=float, default=None, dest="learning_rate",
+                   help="GD step size η (default 1)")
+    _loss_flags(p, validation_default="1")
     p.add_argument("--reference", default=None,
-                   help="JSON of the authors' runs to compare with (rows width/A/seed)")
+                   help="JSON of reference runs to compare with (rows width/A/seed/final_acc), "
+                        "e.g. results/reference/spiral_width_reference.json; compared only "
+                        "when loss, steps, period, η and dtype match")
 
     p = sub.add_parser("overparam", help="amplitude x period grid on Fashion-MNIST")
     _common(p)
@@ -79,6 +101,19 @@ def build_parser():
                    help="auto: the MLP for Fashion-MNIST, a Myrtle-style CNN for tfds:NAME")
     p.add_argument("--processes", type=int, default=None, help="worker processes")
     return parser
+
+
+def _loss_flags(p, validation_default):
+    from keras_dynloss.experiments._losses import LOSSES
+
+    p.add_argument("--loss", choices=LOSSES, default="ce",
+                   help="ce: dynamical cross-entropy (A=1: cross-entropy); mse: plain MSE "
+                        "(A=1 only); dmse: Γ of the sample's class on its squared error; "
+                        "dmse-componentwise: Γ_i on output i (A=1: MSE)")
+    p.add_argument("--validation-seed", type=_optional_int, default=_optional_int(
+                       validation_default), dest="validation_seed",
+                   help="noise seed of the held-out spiral (training uses 0); none to "
+                        f"skip (default {validation_default})")
 
 
 def _data_source(value):
@@ -103,9 +138,12 @@ def _fig4(args):
 
     cfg = _settings(fig4.DEFAULTS, fig4.QUICK, args,
                     ("width", "amplitude", "period", "steps", "seed", "probe_every", "dtype"))
-    result = fig4.run(progress=not args.no_progress, **cfg)
+    result = fig4.run(progress=not args.no_progress, loss=args.loss,
+                      validation_seed=args.validation_seed, **cfg)
     paths = fig4.write(result, args.out)
-    print(f"fig4: final training accuracy {result['final_acc']:.4f} "
+    val = (f", validation accuracy {result['val_acc']:.4f}"
+           if result.get("val_acc") is not None else "")
+    print(f"fig4: final training accuracy {result['final_acc']:.4f}{val} "
           f"({cfg['steps']} steps, {result['seconds']:.1f} s)")
     return paths
 
@@ -114,15 +152,18 @@ def _width_sweep(args):
     from keras_dynloss.experiments import width_sweep
 
     cfg = _settings(width_sweep.DEFAULTS, width_sweep.QUICK, args,
-                    ("widths", "amplitudes", "seeds", "steps", "period", "dtype"))
+                    ("widths", "amplitudes", "seeds", "steps", "period", "dtype", "loss",
+                     "learning_rate"))
+    cfg["validation_seed"] = args.validation_seed
     if args.probe_every:
         print("width-sweep: --probe-every is ignored (no curvature probes here)",
               file=sys.stderr)
+    reference = width_sweep.load_reference(args.reference) if args.reference else None
     processes = args.processes or (1 if args.quick else None)
     result = width_sweep.run(processes=processes, progress=not args.no_progress, **cfg)
-    reference = width_sweep.load_reference(args.reference) if args.reference else None
+    result = width_sweep.attach_reference(result, reference)
     paths = width_sweep.write(result, args.out, reference)
-    print(width_sweep.table(result, reference))
+    print(width_sweep.table(result))
     return paths
 
 
@@ -150,6 +191,9 @@ def main(argv=None):
     """Entry point of ``python -m keras_dynloss`` and ``keras-dynloss``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
+    if getattr(args, "learning_rate", None) is not None and not args.learning_rate > 0:
+        raise SystemExit(f"keras-dynloss: error: --learning-rate must be > 0, "
+                         f"got {args.learning_rate}")
     for name in ("steps", "period", "width", "probe_every", "train_size", "test_size"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "probe_every" else 1):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,31 +57,96 @@ def test_fig4_probes_off(tmp_path):
 
 def test_width_sweep_quick(tmp_path, capsys):
     cli.main(["width-sweep", "--quick", "--out", str(tmp_path), "--widths", "4,8",
-              "--amplitudes", "1,70", "--seeds", "0", "--steps", "60", "--period", "20",
+              "--amplitudes", "1,70", "--seeds", "0-1", "--steps", "60", "--period", "20",
               "--no-progress"])
     res = _outputs(tmp_path, "width-sweep")
     rows = res["rows"]
     assert {(r["width"], r["amplitude"], r["seed"]) for r in rows} == {
-        (4, 1.0, 0), (4, 70.0, 0), (8, 1.0, 0), (8, 70.0, 0)}
-    assert all(0 <= r["final_acc"] <= 1 for r in rows)
-    assert len(res["summary"]) == 4 and res["summary"][0]["n"] == 1
-    assert "| width |" in capsys.readouterr().out
-    assert (tmp_path / "width-sweep.md").exists()
+        (w, a, s) for w in (4, 8) for a in (1.0, 70.0) for s in (0, 1)}
+    assert all(0 <= r["final_acc"] <= 1 and 0 <= r["val_acc"] <= 1 for r in rows)
+    assert res["config"]["loss"] == "ce" and res["config"]["validation"].startswith(
+        "spiral(..., seed=1)")
+    assert len(res["config"]["git_commit"]) >= 7
+    # The summary of each cell is that of its two seeds, recomputed here.
+    for s in res["summary"]:
+        acc = sorted(r["final_acc"] for r in rows
+                     if (r["width"], r["amplitude"]) == (s["width"], s["amplitude"]))
+        assert s["train"]["n"] == 2 and s["train"]["median"] == pytest.approx(np.mean(acc))
+        assert s["train"]["std"] == pytest.approx(abs(acc[1] - acc[0]) / np.sqrt(2))
+        assert s["val"]["n"] == 2
+    cmp = res["amplitude_comparison"]
+    assert [(c["metric"], c["width"]) for c in cmp] == [
+        ("train", 4), ("train", 8), ("val", 4), ("val", 8)]
+    out = capsys.readouterr().out
+    assert "| width | objective | n |" in out and "DCE A=70 vs cross-entropy" in out
+    assert (tmp_path / "width-sweep.md").read_text().strip() == out.split("\nwrote")[0].strip()
 
 
-def test_width_sweep_reference_comparison(tmp_path):
-    ref = tmp_path / "ref.json"
-    ref.write_text(json.dumps({"runs": [
-        {"width": 4, "A": 1.0, "seed": 0, "final_acc": 0.5},
-        {"width": 4, "A": 1.0, "seed": 1, "final_acc": 0.7},
-        {"width": 99, "A": 1.0, "seed": 0, "final_acc": 0.9}]}))
-    cli.main(["width-sweep", "--quick", "--out", str(tmp_path), "--widths", "4",
-              "--amplitudes", "1", "--seeds", "0", "--steps", "20", "--period", "10",
-              "--reference", str(ref), "--no-progress"])
+def test_seed_ranges():
+    assert cli._ints("0-2,5") == (0, 1, 2, 5) and cli._ints("7") == (7,)
+    with pytest.raises(SystemExit):
+        cli.main(["width-sweep", "--seeds", "a-b"])
+
+
+def test_compare_reference_by_hand():
+    from keras_dynloss.experiments import width_sweep
+
+    ours = [dict(width=16, amplitude=70.0, seed=s, final_acc=v)
+            for s, v in enumerate([0.5, 0.6, 0.7])]
+    ref = [dict(width=16, amplitude=70.0, seed=s, final_acc=v)
+           for s, v in enumerate([0.8, 0.9, 0.95])]
+    ref.append(dict(width=99, amplitude=70.0, seed=0, final_acc=0.9))
+    (c,) = width_sweep.compare_reference(dict(rows=ours), ref)
+    # every reference seed beats every one of ours: U = 0, exact p = 2 / C(6, 3)
+    assert (c["width"], c["u"], c["effect"]) == (16, 0.0, 0.0)
+    assert c["pvalue"] == pytest.approx(0.1) and c["pvalue_holm"] == pytest.approx(0.1)
+    assert not c["significant"] and c["method"] == "exact"
+    assert c["ref"]["median"] == pytest.approx(0.9) and c["ref"]["above"] == 1
+    assert c["ours"]["iqr"] == pytest.approx(0.1)
+
+
+def test_width_sweep_reference_needs_the_same_settings(tmp_path):
+    from keras_dynloss.experiments.width_sweep import REFERENCE
+
+    ref = Path(__file__).resolve().parents[1] / REFERENCE
+    data = json.loads(ref.read_text())
+    assert "JAX float64" in data["source"] and "provenance" in data and len(data["runs"]) >= 56
+    with pytest.warns(UserWarning, match="Not comparing with the reference.*'steps': 20"):
+        cli.main(["width-sweep", "--quick", "--out", str(tmp_path), "--widths", "16",
+                  "--amplitudes", "1", "--seeds", "0", "--steps", "20", "--period", "10",
+                  "--reference", str(ref), "--no-progress"])
     res = _outputs(tmp_path, "width-sweep")
-    (cmp,) = res["reference_comparison"]
-    assert cmp["width"] == 4 and cmp["ref_mean"] == pytest.approx(0.6)
-    assert cmp["diff"] == pytest.approx(res["rows"][0]["final_acc"] - 0.6)
+    assert res["reference_comparison"] == [] and "'period': 10" in res["reference_note"]
+
+
+def test_width_sweep_mse_losses(tmp_path, capsys):
+    cli.main(["width-sweep", "--quick", "--out", str(tmp_path), "--widths", "8",
+              "--amplitudes", "1,70", "--seeds", "0", "--steps", "40", "--period", "20",
+              "--loss", "dmse-componentwise", "--validation-seed", "none", "--no-progress"])
+    res = _outputs(tmp_path, "width-sweep")
+    assert res["config"]["loss"] == "dmse-componentwise" and res["config"]["validation"] is None
+    assert all(r["val_acc"] is None for r in res["rows"])
+    assert res["summary"][0]["val"] is None
+    assert "DMSE (per component) A=70" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="Invalid value for argument `amplitude`"):
+        cli.main(["width-sweep", "--quick", "--out", str(tmp_path), "--loss", "mse",
+                  "--amplitudes", "1,70"])
+    with pytest.raises(ValueError, match="Invalid value for argument `validation_seed`"):
+        cli.main(["width-sweep", "--quick", "--out", str(tmp_path), "--validation-seed", "0"])
+
+
+def test_fig4_dmse_records_the_mse_and_validation(tmp_path, capsys):
+    cli.main(["fig4", "--quick", "--out", str(tmp_path), "--steps", "40", "--period", "20",
+              "--probe-every", "0", "--width", "8", "--loss", "dmse",
+              "--validation-seed", "0", "--no-progress"])
+    res = _outputs(tmp_path, "fig4")
+    assert res["config"]["loss"] == "dmse"
+    # Γ(0) = 1: F(0) is the MSE (1/3) Σ_i (y_i - f_i)² of near-zero outputs, about 1/3
+    # (cross-entropy would be about log 3).
+    assert abs(res["series"]["loss"][0] - 1 / 3) < 0.1
+    # validation on the training spiral itself (seed 0) is the training accuracy
+    assert res["val_acc"] == res["final_acc"]
+    assert "validation accuracy" in capsys.readouterr().out
 
 
 def test_overparam_quick(tmp_path, capsys):

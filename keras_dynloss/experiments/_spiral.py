@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_dynloss.callbacks import DynamicalLossScheduler  # noqa: E402
 from keras_dynloss.datasets import spiral  # noqa: E402
-from keras_dynloss.losses import DynamicalLoss, dynamical_crossentropy  # noqa: E402
+from keras_dynloss.experiments._losses import objective, spiral_loss  # noqa: E402
 
 __all__ = ["build_mlp", "StepRecorder", "train_spiral", "ProgressBar"]
 
@@ -78,11 +78,11 @@ class StepRecorder(keras.metrics.Metric):
         step = tf.cast(tf.convert_to_tensor(self._iterations), tf.int64) - 1
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
         num_classes = y_pred.shape[-1]
-        if isinstance(self._loss, DynamicalLoss):
+        if self._loss is not None:
             gamma = self._loss.schedule(step, dtype=y_pred.dtype)
         else:
             gamma = tf.ones([num_classes], y_pred.dtype)
-        f = tf.reduce_mean(dynamical_crossentropy(labels, y_pred, gamma, from_logits=True))
+        f = tf.reduce_mean(objective(self._loss, labels, y_pred, gamma))
         acc = tf.reduce_mean(tf.cast(
             tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32), labels), self.dtype))
         f = tf.cast(f, self.dtype)
@@ -134,7 +134,7 @@ class ProgressBar(keras.callbacks.Callback):
 def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
                  data_seed=0, learning_rate=1.0, dtype="float32", record=False,
                  probe_every=0, probe_ntk=True, steps_per_execution=None,
-                 progress=False, label=""):
+                 progress=False, label="", loss="ce", validation_seed=None):
     """Full-batch GD on the spiral with the dynamical loss (last period static).
 
     Args:
@@ -153,6 +153,10 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         steps_per_execution: steps per compiled call (default: ``probe_every``
             or 1000).
         progress: show a progress bar.
+        loss: ``"ce"``, ``"mse"``, ``"dmse"`` or ``"dmse-componentwise"``
+            (:func:`~keras_dynloss.experiments._losses.spiral_loss`).
+        validation_seed: if given, ``val_acc`` is the final accuracy on
+            ``spiral(seed=validation_seed)`` (same construction, other noise).
 
     Returns:
         A dict: ``final_acc``, ``final_loss``, ``seconds``, ``steps``, and when
@@ -165,8 +169,8 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
     static_after = max(steps - period, 0)
     # The loss in the model's dtype: Keras losses default to float32, which would
     # round the float64 gradient at the logits.
-    loss = DynamicalLoss(num_classes, amplitude=amplitude, period=period,
-                         from_logits=True, static_after=static_after, dtype=dtype)
+    loss = spiral_loss(loss, num_classes, amplitude=amplitude, period=period,
+                       static_after=static_after, dtype=dtype)
     optimizer = keras.optimizers.SGD(learning_rate)
     if steps_per_execution is None:
         steps_per_execution = probe_every if probe_every else 1000
@@ -212,6 +216,10 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
     out = dict(final_acc=final_acc, final_loss=final_loss, seconds=seconds, steps=steps,
                width=width, amplitude=float(amplitude), period=period, seed=seed,
                dtype=dtype, learning_rate=learning_rate)
+    if validation_seed is not None:
+        x_val, y_val = spiral(seed=validation_seed, dtype=dtype)
+        val_logits = model(x_val, training=False)
+        out["val_acc"] = float(np.mean(np.argmax(np.asarray(val_logits), -1) == y_val))
     if recorder is not None:
         out["loss"] = recorder.loss_trace.numpy()
         out["accuracy"] = recorder.acc_trace.numpy()

@@ -29,7 +29,8 @@ def _thin(series, max_points=4000):
 
 
 def run(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0, probe_every=250,
-        dtype="float64", learning_rate=1.0, progress=True, zoom_period=None):
+        dtype="float64", learning_rate=1.0, progress=True, zoom_period=None, loss="ce",
+        validation_seed=None):
     """Trains once with per-step recording and curvature probes.
 
     Args:
@@ -39,6 +40,9 @@ def run(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0, probe_ev
         progress: progress bar on stderr.
         zoom_period: index of the period shown zoomed (default: the dynamical
             period with the largest one-step jump of F, an instability).
+        loss: the objective, ``"ce"``, ``"mse"``, ``"dmse"`` or
+            ``"dmse-componentwise"`` (F(t) is that objective).
+        validation_seed: noise seed of a held-out spiral for ``val_acc`` (None: none).
 
     Returns:
         A JSON-ready dict: ``config``, ``final_acc``, ``final_loss``,
@@ -46,9 +50,11 @@ def run(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0, probe_ev
         4000 points; ``loss_full`` / ``dloss`` not stored), ``zoom`` (per-step
         series over the zoom period), ``gamma`` (steps and Γ rows), ``probe``.
     """
+    loss_name = loss  # ``loss`` holds F(t) below
     res = train_spiral(width=width, amplitude=amplitude, period=period, steps=steps,
                        seed=seed, dtype=dtype, learning_rate=learning_rate, record=True,
-                       probe_every=probe_every, progress=progress, label="fig4")
+                       probe_every=probe_every, progress=progress, label="fig4",
+                       loss=loss, validation_seed=validation_seed)
     loss, acc = res["loss"], res["accuracy"]
     dloss = np.diff(loss, prepend=np.nan)
     num_dyn = max(1, (steps - period) // period)
@@ -66,13 +72,15 @@ def run(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0, probe_ev
     zoom_idx = np.arange(z0, z1)
     out = dict(
         experiment="fig4",
-        config=dict(width=width, amplitude=amplitude, period=period, steps=steps, seed=seed,
+        config=dict(loss=loss_name, width=width, amplitude=amplitude, period=period, steps=steps,
+                    seed=seed, validation_seed=validation_seed,
                     probe_every=probe_every, dtype=dtype, learning_rate=learning_rate,
                     static_after=max(steps - period, 0), optimizer="SGD (full batch)",
                     dataset="spiral(points_per_class=100, num_classes=3, revolutions=4, "
                             "noise=0.2, seed=0)"),
         final_acc=res["final_acc"],
         final_loss=res["final_loss"],
+        val_acc=res.get("val_acc"),
         max_acc=float(np.nanmax(acc)),
         seconds=res["seconds"],
         series=dict(step=idx.tolist(), loss=loss_thin.tolist(),
