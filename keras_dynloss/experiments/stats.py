@@ -171,8 +171,8 @@ def mann_whitney(x, y):
 def holm(pvalues):
     """Holm–Bonferroni adjusted p-values of a family of tests.
 
-    Sorted ascending ``p_(1) ≤ … ≤ p_(m)``: ``p̃_(k) = max_{j ≤ k} min(1, (m - j + 1) p_(j))``,
-    returned in the input order. Rejecting where ``p̃ < α`` controls the
+    Sorted ascending ``p_(1) ≤ … ≤ p_(m)``:
+    ``p̃_(k) = max_{j ≤ k} min(1, (m - j + 1) p_(j))``, returned in the input order. Rejecting where ``p̃ < α`` controls the
     family-wise error rate at α.
 
     Args:
