@@ -187,19 +187,33 @@ class _ScheduledLoss(keras.losses.Loss):
     def bind(self, source):
         """Follows the step of ``source``; returns ``self``.
 
+        The step t of Γ(t) is the optimizer's public ``iterations``, read inside
+        the compiled step each time the loss is called. That is the number of
+        *updates* applied so far:
+
+        * with ``gradient_accumulation_steps=N`` Keras applies one update every
+          N micro-batches and ``iterations`` counts updates (micro-batches // N),
+          so all N micro-batches of an update use the same Γ(t), and the
+          accumulated gradient is exactly that of the Γ(t)-weighted loss over
+          the N micro-batches (the period T counts updates);
+        * with ``keras.optimizers.LossScaleOptimizer`` (``mixed_float16``) it is
+          the inner optimizer's count: a step skipped for non-finite gradients
+          does not advance t.
+
         Args:
-            source: a compiled ``keras.Model`` (its optimizer's ``iterations``),
-                a ``keras.optimizers.Optimizer`` (its ``iterations``), an integer
-                variable, a non-negative int (a fixed step), or None (unbind).
+            source: a compiled ``keras.Model`` (its optimizer), a
+                ``keras.optimizers.Optimizer`` (its ``iterations``, read at each
+                call), an integer variable, a non-negative int (a fixed step),
+                or None (unbind).
         """
         if isinstance(source, keras.Model):
             if getattr(source, "optimizer", None) is None:
                 raise invalid("source", "a compiled model (with an optimizer)", source)
             source = source.optimizer
-        if isinstance(source, keras.optimizers.Optimizer):
-            source = source.iterations
-        if source is None or isinstance(source, (keras.Variable, tf.Variable)):
-            if source is not None and not tf.as_dtype(source.dtype).is_integer:
+        if source is None or isinstance(source, keras.optimizers.Optimizer):
+            self._step = source
+        elif isinstance(source, (keras.Variable, tf.Variable)):
+            if not tf.as_dtype(source.dtype).is_integer:
                 raise invalid("source", "an integer step variable", source)
             self._step = source
         elif isinstance(source, int) and not isinstance(source, bool) and source >= 0:
@@ -208,7 +222,8 @@ class _ScheduledLoss(keras.losses.Loss):
             raise invalid(
                 "source",
                 "a compiled keras.Model, a keras Optimizer, an integer variable, "
-                "a non-negative int or None",
+                "a non-negative int or None (a tensor is a snapshot: bind the "
+                "optimizer instead)",
                 source,
             )
         return self
@@ -221,12 +236,13 @@ class _ScheduledLoss(keras.losses.Loss):
 
     @property
     def step(self):
-        """The bound step source (variable or int), or None."""
+        """The bound step source (optimizer, integer variable or int), or None."""
         return self._step
 
     def current_step(self):
-        """The step Γ is evaluated at, as an int64 tensor."""
-        if self._step is None:
+        """The step Γ is evaluated at, as an int64 tensor (see :meth:`bind`)."""
+        source = self._step
+        if source is None:
             if in_symbolic_scope():
                 # Keras builds its compiled loss on placeholders (shape inference)
                 # before callbacks run: any step will do there.
@@ -234,7 +250,11 @@ class _ScheduledLoss(keras.losses.Loss):
             raise RuntimeError(
                 _UNBOUND_MESSAGE.format(cls=type(self).__name__, name=self.name)
             )
-        return tf.cast(tf.convert_to_tensor(self._step), tf.int64)
+        if isinstance(source, keras.optimizers.Optimizer):
+            # A variable, or (gradient accumulation) an op on the hidden
+            # micro-batch counter: read it here, inside the traced step.
+            source = source.iterations
+        return tf.cast(tf.convert_to_tensor(source), tf.int64)
 
     def weights_at(self, step):
         """Γ(step) as a NumPy array of shape (C,) (``step.shape + (C,)`` for arrays)."""

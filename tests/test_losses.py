@@ -144,7 +144,7 @@ def test_bind_sources():
     loss = kd.DynamicalLoss(3, amplitude=70, period=10, from_logits=True)
     opt = keras.optimizers.SGD()
     loss.bind(opt)
-    assert loss.step is opt.iterations
+    assert loss.step is opt
     opt.iterations.assign(5)
     np.testing.assert_allclose(loss.schedule(loss.current_step()).numpy(), loss.weights_at(5))
     var = tf.Variable(7, dtype=tf.int64)
@@ -155,6 +155,8 @@ def test_bind_sources():
         loss.bind(-1)
     with pytest.raises(ValueError, match=r"`source`: expected an integer step variable"):
         loss.bind(tf.Variable(1.0))
+    with pytest.raises(ValueError, match=r"`source`.*a tensor is a snapshot.*Received: source=<tf"):
+        loss.bind(tf.constant(3, tf.int64))
     with pytest.raises(ValueError, match=r"`source`: expected a compiled model"):
         loss.bind(keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)]))
 

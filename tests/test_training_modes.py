@@ -293,7 +293,60 @@ def test_two_dynamical_losses_on_a_two_output_model(spiral):
     model.compile(optimizer=keras.optimizers.SGD(LR), loss=[first, second])
     history = model.fit(x, (y, y), batch_size=len(x), epochs=4, shuffle=False, verbose=0,
                         callbacks=[kd.DynamicalLossScheduler()])
-    assert first.step is model.optimizer.iterations and second.step is model.optimizer.iterations
+    assert first.step is model.optimizer and second.step is model.optimizer
     np.testing.assert_allclose(history.history["first_gamma_0"][-1], numpy_gamma(3, C, A, T)[0], rtol=1e-5)
     np.testing.assert_allclose(history.history["second_gamma_1"][-1], numpy_gamma(3, C, 5, 3)[1], rtol=1e-5)
     assert "gamma_0" not in history.history
+
+
+def _accumulation_fit(x, y, optimizer, micro_steps, batch_size):
+    model = tiny_mlp()
+    model.compile(optimizer=optimizer,
+                  loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).repeat()
+    history = model.fit(data, steps_per_epoch=micro_steps, epochs=1, verbose=0,
+                        callbacks=[kd.DynamicalLossScheduler()])
+    return model, history
+
+
+def test_gradient_accumulation_counts_updates(spiral):
+    """t counts optimizer updates: two micro-batches of 45 with Γ(k) give exactly
+    full-batch GD with Γ(k) (the NumPy Γ), k = 0, 1, ... updates."""
+    x, y = spiral
+    updates = 2 * C * T + 3
+    opt = keras.optimizers.SGD(LR, gradient_accumulation_steps=2)
+    model, history = _accumulation_fit(x, y, opt, 2 * updates, len(x) // 2)
+    assert int(opt.iterations.numpy()) == updates
+    assert model.loss.step is opt
+    _assert_same_weights(model, _reference_loop(x, y, updates), atol=2e-5)
+    np.testing.assert_allclose(history.history["gamma_0"][-1],
+                               numpy_gamma(updates - 1, C, A, T)[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("accumulation", [None, 2])
+def test_loss_scale_optimizer_follows_applied_updates(spiral, accumulation):
+    """LossScaleOptimizer skips micro-batches whose scaled gradients overflow
+    (here the first few, from a huge initial scale): t counts only the applied
+    updates. Every micro-batch is the whole spiral, so any N applied ones make
+    one full-batch update whatever was skipped."""
+    x, y = spiral
+    x = 100 * x  # large gradients: the scaled ones overflow at first
+    lr = 1e-3
+    inner = keras.optimizers.SGD(lr, gradient_accumulation_steps=accumulation)
+    opt = keras.optimizers.LossScaleOptimizer(inner, initial_scale=2.0**127)
+    per_update = accumulation or 1
+    micro_steps = per_update * (C * T + 6)
+    model, _ = _accumulation_fit(x, y, opt, micro_steps, len(x))
+    applied = int(opt.iterations.numpy())
+    assert float(opt.dynamic_scale.numpy()) < 2.0**127  # some updates were skipped
+    assert C * T // 2 < applied < micro_steps // per_update
+    reference = tiny_mlp()
+    for t in range(applied):  # full-batch GD, Γ of the applied-update count
+        w = tf.constant(numpy_gamma(t, C, A, T)[y], tf.float32)
+        with tf.GradientTape() as tape:
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=reference(x))
+            loss = tf.reduce_mean(w * ce)
+        for v, g in zip(reference.trainable_variables,
+                        tape.gradient(loss, reference.trainable_variables)):
+            v.assign_sub(lr * g)
+    _assert_same_weights(model, reference, atol=2e-5)
