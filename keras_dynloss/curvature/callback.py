@@ -1,5 +1,7 @@
 """`CurvatureProbe`: Hessian / NTK spectra of a fixed probe batch during `fit`."""
 
+import csv
+import os
 import warnings
 
 import keras
@@ -16,6 +18,13 @@ HESSIAN_TRACE = "hessian_trace"
 HESSIAN_TRACE_STDERR = "hessian_trace_stderr"
 NTK_MAX_EIG = "ntk_max_eig"
 EOS_RATIO = "eos_ratio"
+
+
+def _same(a, b):
+    """Identity, or equality for plain numbers (a schedule's period)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return a is b
 
 
 class CurvatureProbe(keras.callbacks.Callback):
@@ -81,6 +90,32 @@ class CurvatureProbe(keras.callbacks.Callback):
             `"forward_over_reverse"`; see `HessianOperator`.
         training: evaluate the model in training mode (default `False`).
         seed: seed of the Lanczos start vectors and Hutchinson probes.
+        optimizer: optimizer whose `iterations` give the step and whose
+            learning rate gives `eos_ratio`; default `model.optimizer` (a
+            `LossScaleOptimizer` is looked through). Needed in a custom
+            training loop with an uncompiled model.
+        csv_path: if given, stream each probe as one row (`step`, `epoch`,
+            then the values) to this CSV file, written and flushed per probe,
+            and keep nothing in `history` (memory stays flat in long runs).
+            The file is overwritten by the first probe of this callback.
+
+    Custom training loops: build the probe, then call `probe.probe(model)`
+    yourself, e.g. every 25 steps. The step recorded is
+    `optimizer.iterations` (pass `step=` to `probe` to give it yourself). Under
+    a `tf.distribute` strategy the probe computes on its own fixed batch with
+    the current (replicated, hence identical) variable values and uses no
+    collective operation: its value is the same on every worker, so calling it
+    on the chief only is correct and does not block the other workers
+    (calling it on every worker repeats the same work).
+
+    Mixed precision: under `mixed_float16` / `mixed_bfloat16` every product is
+    computed with the layers in their variable dtype (float32), never in 16
+    bits; the probed values are float32-accurate.
+
+    The traced probe captures the loss and its schedule. When the loss object
+    or its `schedule` changes (e.g. `DynamicalLossScheduler(period_epochs=k)`
+    sets a new period at `fit` start), the probe is rebuilt before its next
+    run, so values always belong to the loss in force.
 
     Example:
         >>> probe = CurvatureProbe((x[:256], y[:256]), every_n_steps=25,
@@ -108,6 +143,8 @@ class CurvatureProbe(keras.callbacks.Callback):
         hvp_mode="reverse_over_reverse",
         training=False,
         seed=0,
+        optimizer=None,
+        csv_path=None,
     ):
         super().__init__()
         if every_n_steps is not None and every_n_epochs is not None:
@@ -156,10 +193,18 @@ class CurvatureProbe(keras.callbacks.Callback):
         self.hvp_mode = val.check_choice("hvp_mode", hvp_mode, operators.HVP_MODES)
         self.training = training
         self.seed = val.check_int("seed", seed, minimum=0)
+        if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise val.invalid("optimizer", "a keras.optimizers.Optimizer or None", optimizer)
+        self._optimizer = optimizer
+        if csv_path is not None and not isinstance(csv_path, (str, os.PathLike)):
+            raise val.invalid("csv_path", "a file path (str or os.PathLike) or None", csv_path)
+        self.csv_path = None if csv_path is None else os.fspath(csv_path)
+        self._csv_columns = None
         self.history = {}
         self.latest = {}
         self._rng = np.random.default_rng(self.seed)
         self._probe_fn = None
+        self._key = None
         self._last_bucket = None
         self._epoch = 0
         self._warned = set()
@@ -183,11 +228,55 @@ class CurvatureProbe(keras.callbacks.Callback):
             )
         return loss
 
-    def _build(self):
+    def _optimizer_in_use(self):
+        opt = self._optimizer
+        if opt is None:
+            opt = getattr(self.model, "optimizer", None)
+        if isinstance(opt, keras.optimizers.LossScaleOptimizer):
+            opt = opt.inner_optimizer
+        return opt
+
+    def _probe_loss(self, loss):
+        """The loss to differentiate; a dynamical loss is probed through a copy.
+
+        The copy follows the same step as the loss (or the optimizer's, when the
+        loss is not bound yet) and has no invalid-label counter, so probing
+        never writes to training state.
+        """
+        if not (hasattr(loss, "at_step") and hasattr(loss, "bind")):
+            return loss
+        source = getattr(loss, "step", None)
+        if source is None:
+            opt = self._optimizer_in_use()
+            source = None if opt is None else opt.iterations
+        if source is None:
+            raise val.invalid(
+                "loss",
+                "a dynamical loss bound to a step (`loss.bind(optimizer)`), or "
+                "a model/probe with an optimizer to follow",
+                loss,
+            )
+        return loss.at_step(0).bind(source)
+
+    def _trace_key(self):
+        """Objects the traced probe depends on; a change forces a rebuild."""
+        loss = self._resolve_loss()
+        schedule = getattr(loss, "schedule", None)
+        return loss, (
+            self.model,
+            loss,
+            schedule,
+            getattr(schedule, "period", None),
+            getattr(loss, "step", None),
+            self._optimizer_in_use(),
+            *self.model.trainable_variables,
+        )
+
+    def _build(self, loss):
         model = self.model
         flat = operators.FlatParameters(model)
         self._flat = flat
-        loss = self._resolve_loss()
+        loss = self._probe_loss(loss)
         hvp = operators.hvp_fn(flat, loss, mode=self.hvp_mode, training=self.training)
         x, y, sw = self._x, self._y, self._sw
         dtype = flat.dtype
@@ -232,7 +321,7 @@ class CurvatureProbe(keras.callbacks.Callback):
         self._probe_fn = tf.function(probe)
 
     def _learning_rate_ratio(self):
-        opt = self.model.optimizer
+        opt = self._optimizer_in_use()
         if not isinstance(opt, keras.optimizers.SGD):
             self._warn_once(
                 "eos",
@@ -246,12 +335,40 @@ class CurvatureProbe(keras.callbacks.Callback):
         return lr / (2.0 * (1.0 + momentum))
 
     def _current_step(self):
-        return int(tf.convert_to_tensor(self.model.optimizer.iterations).numpy())
+        opt = self._optimizer_in_use()
+        if opt is None:
+            raise val.invalid(
+                "step",
+                "the training step (the model has no optimizer to read it from; "
+                "pass `optimizer=` to CurvatureProbe or `step=` to `probe`)",
+                None,
+            )
+        return int(tf.convert_to_tensor(opt.iterations).numpy())
 
-    def probe(self):
-        """Runs one probe now; returns the dict of values (also recorded)."""
-        if self._probe_fn is None:
-            self._build()
+    def probe(self, model=None, *, step=None):
+        """Runs one probe now; returns the dict of values (also recorded).
+
+        Args:
+            model: the model to probe (a custom training loop passes it here;
+                `fit` sets it). Default: the model already set.
+            step: the step to record; default `optimizer.iterations`.
+
+        Returns:
+            A dict `{key: float}` of this probe's values.
+        """
+        if model is not None and model is not self.model:
+            self.set_model(model)
+        if self.model is None:
+            raise val.invalid("model", "a built keras.Model", None)
+        step = self._current_step() if step is None else val.check_int("step", step, minimum=0)
+        loss, key = self._trace_key()
+        if (
+            self._probe_fn is None
+            or len(key) != len(self._key)
+            or not all(_same(a, b) for a, b in zip(key, self._key))
+        ):
+            self._build(loss)
+            self._key = key
         n = self._flat.size
         v0 = self._rng.standard_normal(n)
         z = (
@@ -298,20 +415,33 @@ class CurvatureProbe(keras.callbacks.Callback):
             ratio = self._learning_rate_ratio()
             if ratio is not None:
                 values[EOS_RATIO] = values[HESSIAN_MAX_EIG] * ratio
-        self._record(values)
+        self._record(step, values)
         return values
 
-    def _record(self, values):
-        step = self._current_step()
+    def _record(self, step, values):
+        self.latest = dict(values)
+        if self.csv_path is not None:
+            self._write_row(step, values)
+            return
         self.history.setdefault("step", []).append(step)
         self.history.setdefault("epoch", []).append(self._epoch)
         for key, value in values.items():
             self.history.setdefault(key, []).append(value)
-        self.latest = dict(values)
+
+    def _write_row(self, step, values):
+        row = {"step": step, "epoch": self._epoch, **values}
+        first = self._csv_columns is None
+        if first:
+            self._csv_columns = list(row)
+        with open(self.csv_path, "w" if first else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._csv_columns, restval="nan")
+            if first:
+                writer.writeheader()
+            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
 
     # ------------------------------------------------------------------ #
     def on_train_begin(self, logs=None):
-        if self.model.optimizer is None:
+        if self._optimizer_in_use() is None:
             raise val.invalid("model", "a compiled model with an optimizer", self.model)
         step = self._current_step()
         if self.every_n_steps is not None:

@@ -14,6 +14,7 @@ non-trainable state that `stateless_call` returns is discarded. No optimizer
 state is read or written.
 """
 
+import contextlib
 import re
 
 import keras
@@ -21,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dynloss import _checks as val
+from keras_dynloss import _compat
 from keras_dynloss.curvature import data as data_lib
 
 HVP_MODES = ("forward_over_reverse", "reverse_over_reverse")
@@ -80,6 +82,33 @@ class FlatParameters:
         widest = max(self.var_dtypes, key=lambda d: d.size)
         self.dtype = widest
         self.size = int(sum(self.sizes))
+        # Mixed-precision layers (compute dtype narrower than their variables).
+        self._mixed = [
+            (layer, layer.dtype_policy)
+            for layer in _compat.iter_layers(model)
+            if layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype
+        ]
+
+    @contextlib.contextmanager
+    def full_precision(self):
+        """Runs every mixed-precision layer in its variable dtype meanwhile.
+
+        Under `mixed_float16` / `mixed_bfloat16` a layer keeps float32
+        variables but computes in 16 bits; second derivatives in 16 bits lose
+        about three digits (and overflow easily). Curvature products therefore
+        trace the model with each such layer's policy set to its variable dtype
+        (float32), restored on exit. The model's own training is unaffected.
+        """
+        if not self._mixed:
+            yield
+            return
+        for layer, policy in self._mixed:
+            layer.dtype_policy = policy.variable_dtype
+        try:
+            yield
+        finally:
+            for layer, policy in self._mixed:
+                layer.dtype_policy = policy
 
     def read(self):
         """Current parameter values as one tensor of shape `(n,)`."""
@@ -113,13 +142,14 @@ def model_outputs(flat, theta, x, *, training=False, return_losses=False):
     kwargs = {}
     if getattr(model, "_call_has_training_arg", True):
         kwargs["training"] = training
-    result = model.stateless_call(
-        flat.split(theta),
-        flat.non_trainable_values(),
-        x,
-        return_losses=return_losses,
-        **kwargs,
-    )
+    with flat.full_precision():
+        result = model.stateless_call(
+            flat.split(theta),
+            flat.non_trainable_values(),
+            x,
+            return_losses=return_losses,
+            **kwargs,
+        )
     if not return_losses:
         return result[0]
     outputs, _, losses = result
@@ -265,14 +295,7 @@ def check_data(data, name="data"):
 # Errors: second derivatives that TensorFlow does not provide
 # --------------------------------------------------------------------------- #
 def _layer_names(model):
-    names = []
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        for sub in getattr(layer, "_layers", None) or getattr(layer, "layers", []) or []:
-            names.append((sub.name, type(sub).__name__))
-            stack.append(sub)
-    return names
+    return [(layer.name, type(layer).__name__) for layer in _compat.iter_layers(model)[1:]]
 
 
 _NO_GRAD_PATTERNS = (
