@@ -151,6 +151,33 @@ _UNBOUND_MESSAGE = (
 )
 
 
+class OptimizerStep:
+    """The step of an optimizer, read each time it is asked for.
+
+    What :meth:`_ScheduledLoss.bind` keeps for an optimizer (``loss.step``).
+    A plain object on purpose: ``model.save`` walks the loss's attributes and
+    would save a ``keras.optimizers.Optimizer`` found there a second time (and
+    then skip the model's own one).
+
+    Attributes:
+        optimizer: the followed ``keras.optimizers.Optimizer``.
+    """
+
+    __slots__ = ("optimizer",)
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def read(self):
+        """``optimizer.iterations`` now: a variable, or with gradient
+        accumulation an op on Keras's micro-batch counter (call it inside the
+        traced step)."""
+        return self.optimizer.iterations
+
+    def __repr__(self):
+        return f"OptimizerStep({self.optimizer!r})"
+
+
 class _ScheduledLoss(keras.losses.Loss):
     """A per-sample loss function composed with a ClassWeightSchedule.
 
@@ -203,14 +230,17 @@ class _ScheduledLoss(keras.losses.Loss):
         Args:
             source: a compiled ``keras.Model`` (its optimizer), a
                 ``keras.optimizers.Optimizer`` (its ``iterations``, read at each
-                call), an integer variable, a non-negative int (a fixed step),
-                or None (unbind).
+                call), an :class:`OptimizerStep` (another loss's ``step``), an
+                integer variable, a non-negative int (a fixed step), or None
+                (unbind).
         """
         if isinstance(source, keras.Model):
             if getattr(source, "optimizer", None) is None:
                 raise invalid("source", "a compiled model (with an optimizer)", source)
             source = source.optimizer
-        if source is None or isinstance(source, keras.optimizers.Optimizer):
+        if isinstance(source, keras.optimizers.Optimizer):
+            source = OptimizerStep(source)
+        if source is None or isinstance(source, OptimizerStep):
             self._step = source
         elif isinstance(source, (keras.Variable, tf.Variable)):
             if not tf.as_dtype(source.dtype).is_integer:
@@ -236,7 +266,8 @@ class _ScheduledLoss(keras.losses.Loss):
 
     @property
     def step(self):
-        """The bound step source (optimizer, integer variable or int), or None."""
+        """The bound step source (an :class:`OptimizerStep`, an integer variable
+        or an int), or None."""
         return self._step
 
     def current_step(self):
@@ -250,10 +281,8 @@ class _ScheduledLoss(keras.losses.Loss):
             raise RuntimeError(
                 _UNBOUND_MESSAGE.format(cls=type(self).__name__, name=self.name)
             )
-        if isinstance(source, keras.optimizers.Optimizer):
-            # A variable, or (gradient accumulation) an op on the hidden
-            # micro-batch counter: read it here, inside the traced step.
-            source = source.iterations
+        if isinstance(source, OptimizerStep):
+            source = source.read()  # inside the traced step
         return tf.cast(tf.convert_to_tensor(source), tf.int64)
 
     def weights_at(self, step):

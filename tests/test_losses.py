@@ -144,7 +144,7 @@ def test_bind_sources():
     loss = kd.DynamicalLoss(3, amplitude=70, period=10, from_logits=True)
     opt = keras.optimizers.SGD()
     loss.bind(opt)
-    assert loss.step is opt
+    assert loss.step.optimizer is opt
     opt.iterations.assign(5)
     np.testing.assert_allclose(loss.schedule(loss.current_step()).numpy(), loss.weights_at(5))
     var = tf.Variable(7, dtype=tf.int64)

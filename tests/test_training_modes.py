@@ -293,7 +293,7 @@ def test_two_dynamical_losses_on_a_two_output_model(spiral):
     model.compile(optimizer=keras.optimizers.SGD(LR), loss=[first, second])
     history = model.fit(x, (y, y), batch_size=len(x), epochs=4, shuffle=False, verbose=0,
                         callbacks=[kd.DynamicalLossScheduler()])
-    assert first.step is model.optimizer and second.step is model.optimizer
+    assert first.step.optimizer is model.optimizer and second.step.optimizer is model.optimizer
     np.testing.assert_allclose(history.history["first_gamma_0"][-1], numpy_gamma(3, C, A, T)[0], rtol=1e-5)
     np.testing.assert_allclose(history.history["second_gamma_1"][-1], numpy_gamma(3, C, 5, 3)[1], rtol=1e-5)
     assert "gamma_0" not in history.history
@@ -317,7 +317,7 @@ def test_gradient_accumulation_counts_updates(spiral):
     opt = keras.optimizers.SGD(LR, gradient_accumulation_steps=2)
     model, history = _accumulation_fit(x, y, opt, 2 * updates, len(x) // 2)
     assert int(opt.iterations.numpy()) == updates
-    assert model.loss.step is opt
+    assert model.loss.step.optimizer is opt
     _assert_same_weights(model, _reference_loop(x, y, updates), atol=2e-5)
     np.testing.assert_allclose(history.history["gamma_0"][-1],
                                numpy_gamma(updates - 1, C, A, T)[0], rtol=1e-5)
