@@ -27,6 +27,17 @@ __all__ = [
 ]
 
 
+_HALF = (tf.float16, tf.bfloat16)
+
+
+def _prediction(y_pred):
+    """``y_pred`` as a tensor, float16/bfloat16 cast to float32: under mixed
+    precision the loss is computed in float32 (a Γ-weighted loss overflows
+    float16 from about 65504, and its log-probabilities lose precision)."""
+    y_pred = tf.convert_to_tensor(y_pred)
+    return tf.cast(y_pred, tf.float32) if y_pred.dtype in _HALF else y_pred
+
+
 def _class_weights(class_weights, y_pred):
     class_weights = tf.cast(class_weights, y_pred.dtype)
     if class_weights.shape.rank != 1 or class_weights.shape[0] is None:
@@ -67,7 +78,7 @@ def dynamical_crossentropy(
         >>> dynamical_crossentropy([0, 2], [[2., 0., 0.], [0., 0., 2.]],
         ...                        [2.917, 0.042, 0.042], from_logits=True)
     """
-    y_pred = tf.convert_to_tensor(y_pred)
+    y_pred = _prediction(y_pred)
     class_weights, num_classes = _class_weights(class_weights, y_pred)
     y_true = tf.convert_to_tensor(y_true)
     if _labels.label_kind(y_true, y_pred, num_classes) == _labels.SPARSE:
@@ -105,7 +116,7 @@ def dynamical_mean_squared_error(
     Returns:
         Per-sample losses, shape (B,).
     """
-    y_pred = tf.convert_to_tensor(y_pred)
+    y_pred = _prediction(y_pred)
     class_weights, num_classes = _class_weights(class_weights, y_pred)
     targets, labels, valid = _labels.one_hot_targets(
         y_true, y_pred, num_classes, invalid_label_counter
@@ -134,7 +145,7 @@ def dynamical_componentwise_mean_squared_error(
     Returns:
         Per-sample losses, shape (B,).
     """
-    y_pred = tf.convert_to_tensor(y_pred)
+    y_pred = _prediction(y_pred)
     class_weights, num_classes = _class_weights(class_weights, y_pred)
     targets, _, valid = _labels.one_hot_targets(
         y_true, y_pred, num_classes, invalid_label_counter
@@ -197,6 +208,11 @@ class _ScheduledLoss(keras.losses.Loss):
         **schedule_kwargs,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        # The resolved policy's name ("float64", "mixed_float16", ...): Keras's
+        # base get_config drops dtype, so a float64 loss would reload as float32.
+        self._dtype_policy_name = keras.dtype_policies.get(
+            dtype or keras.config.floatx()
+        ).name
         self.schedule = ClassWeightSchedule(num_classes, **schedule_kwargs)
         self._step = None
         self.invalid_label_counter = None
@@ -286,12 +302,22 @@ class _ScheduledLoss(keras.losses.Loss):
         return tf.cast(tf.convert_to_tensor(source), tf.int64)
 
     def weights_at(self, step):
-        """Γ(step) as a NumPy array of shape (C,) (``step.shape + (C,)`` for arrays)."""
-        return self.schedule.weights_at(step)
+        """Γ(step) as a NumPy array of shape (C,) (``step.shape + (C,)`` for
+        arrays), in the loss's :attr:`dtype`."""
+        return self.schedule.weights_at(step, dtype=self.dtype)
 
     # -- the loss ----------------------------------------------------------
 
+    @property
+    def dtype(self):
+        """The dtype the loss computes in: float32 for a half-precision dtype or
+        policy (``"float16"``, ``"mixed_bfloat16"``, ...), else the policy's
+        compute dtype (float32 by default, float64 if asked for)."""
+        dtype = super().dtype
+        return "float32" if dtype in ("float16", "bfloat16") else dtype
+
     def call(self, y_true, y_pred):
+        y_pred = _prediction(y_pred)
         gamma = self.schedule(self.current_step(), dtype=y_pred.dtype)
         return type(self)._fn(
             y_true,
@@ -306,6 +332,7 @@ class _ScheduledLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
+        config["dtype"] = self._dtype_policy_name
         config.update(self.schedule.get_config())
         return config
 
@@ -337,7 +364,12 @@ class DynamicalLoss(_ScheduledLoss):
         group_size: classes emphasised together in one period.
         static_after: step from which Γ ≡ 1 (the paper's last static period).
         seed: seed of the random class order.
-        reduction, name, dtype: as for any ``keras.losses.Loss``.
+        reduction, name: as for any ``keras.losses.Loss``.
+        dtype: as for any ``keras.losses.Loss`` (saved by ``model.save``), except
+            that a half-precision dtype or policy computes in float32: under
+            ``mixed_float16`` / ``mixed_bfloat16`` the loss, Γ and the reduction
+            are float32 whatever ``dtype`` says. ``"float64"`` computes Γ, its
+            phase and the loss in float64.
 
     Labels: sparse integers (B,) or (B, 1), or one-hot (B, C). A label outside
     ``[0, C)`` raises ``tf.errors.InvalidArgumentError``: at once without XLA;
