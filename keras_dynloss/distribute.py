@@ -1,13 +1,14 @@
 """Dynamical losses under ``tf.distribute``: the custom-loop helper and the fit check.
 
-Keras 3's ``model.fit`` / ``evaluate`` run under ``MirroredStrategy``,
-``OneDeviceStrategy``, ``CentralStorageStrategy``, ``TPUStrategy`` and a
-single-worker ``MultiWorkerMirroredStrategy``, but not with several workers
-(keras-team/keras#20585: the first batch fails with "Attempt to convert a value
-(PerReplica...)") nor under ``ParameterServerStrategy``. There a custom training
-loop is the way: ``strategy.run`` a step that averages the per-sample dynamical
-loss over the *global* batch (:func:`compute_average_loss`), with the loss bound
-to ``optimizer.iterations``. ``examples/multiworker_custom_loop.py`` is the recipe.
+Keras 3's ``model.fit`` / ``evaluate`` (with ``DynamicalLossScheduler``) run under
+``MirroredStrategy`` and a single-worker ``MultiWorkerMirroredStrategy`` (both
+tested here), and Keras supports ``TPUStrategy`` (untested here). They cannot run
+``MultiWorkerMirroredStrategy`` with several workers (keras-team/keras#20585: the
+first batch fails with "Attempt to convert a value (PerReplica...)") nor
+``ParameterServerStrategy``. There a custom training loop is the way:
+``strategy.run`` a step that averages the per-sample dynamical loss over the
+*global* batch (:func:`compute_average_loss`), with the loss bound to the
+optimizer. ``examples/multiworker_custom_loop.py`` is the recipe.
 """
 
 import keras
@@ -59,12 +60,13 @@ def compute_average_loss(loss, y_true, y_pred, *, global_batch_size, sample_weig
         A scalar tensor of the loss's dtype.
 
     Example:
+        >>> from keras_dynloss.distribute import compute_average_loss
         >>> loss = kd.DynamicalLoss(3, amplitude=70, period=500, from_logits=True,
         ...                         reduction="none").bind(optimizer)
         >>> def step_fn(x, y):
         ...     with tf.GradientTape() as tape:
-        ...         value = kd.distribute.compute_average_loss(
-        ...             loss, y, model(x, training=True), global_batch_size=64)
+        ...         value = compute_average_loss(loss, y, model(x, training=True),
+        ...                                      global_batch_size=64)
         ...     grads = tape.gradient(value, model.trainable_variables)
         ...     optimizer.apply_gradients(zip(grads, model.trainable_variables))
         >>> strategy.run(step_fn, args=next(iterator))
@@ -119,9 +121,10 @@ def check_fit_strategy(model):
         None.
 
     Example:
+        >>> from keras_dynloss.distribute import check_fit_strategy
         >>> with strategy.scope():
         ...     model.compile(optimizer="sgd", loss=kd.DynamicalLoss(...))
-        >>> kd.distribute.check_fit_strategy(model)   # RuntimeError on 2 workers
+        >>> check_fit_strategy(model)   # RuntimeError on 2 workers
     """
     if not isinstance(model, keras.Model):
         raise invalid("model", "a keras.Model", model)
