@@ -5,7 +5,6 @@ import tensorflow as tf
 
 from keras_dynloss._checks import check_bool, check_int, invalid
 from keras_dynloss.losses import _ScheduledLoss
-from keras_dynloss.schedules import ClassWeightSchedule
 
 __all__ = ["DynamicalLossScheduler"]
 
@@ -35,9 +34,12 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
         loss: the dynamical loss to drive; default: all dynamical losses found in
             ``model.loss``.
         period_epochs: if set, the period in epochs: at ``fit`` start each loss's
-            period becomes ``period_epochs * steps_per_epoch`` steps.
-        steps_per_epoch: optimizer steps per epoch for ``period_epochs``, when
-            ``fit`` cannot know it (a dataset of unknown length).
+            schedule is replaced by a copy (``schedule.with_period``, which keeps
+            a callable profile) whose period is ``period_epochs * steps_per_epoch
+            / N`` optimizer updates (``N = gradient_accumulation_steps``, else 1),
+            and the compiled train/test steps are traced anew.
+        steps_per_epoch: batches per epoch for ``period_epochs``, when ``fit``
+            cannot know it (a dataset of unknown length); it overrides fit's count.
         log_weights: write Γ into ``logs``.
 
     Example:
@@ -96,12 +98,12 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
             self._retrace()
 
     def _retrace(self):
-        """Traces anew every compiled function already built: the loss's counter
-        and schedule (period, profile) are constants of the traced step."""
+        """Traces anew the compiled train and test steps already built: the
+        loss's counter and schedule (period, profile) are constants there.
+        (``predict`` never calls the loss, so its function is kept.)"""
         for attr, make in (
             ("train_function", "make_train_function"),
             ("test_function", "make_test_function"),
-            ("predict_function", "make_predict_function"),
         ):
             if getattr(self.model, attr, None) is not None:
                 getattr(self.model, make)(force=True)
@@ -115,16 +117,29 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
                 f"dataset (period_epochs={self.period_epochs}). Received: "
                 f"steps_per_epoch={self.steps_per_epoch}"
             )
+        # t counts optimizer updates: with gradient accumulation over N batches
+        # an epoch of `steps` batches is steps / N updates.
+        opt = self.model.optimizer
+        inner = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer
+        per_update = getattr(inner, "gradient_accumulation_steps", None) or 1
+        if int(steps) % per_update:
+            raise invalid(
+                "steps_per_epoch",
+                f"a multiple of the optimizer's gradient_accumulation_steps="
+                f"{per_update} (period_epochs={self.period_epochs} must be a whole "
+                "number of updates)",
+                int(steps),
+            )
         changed = False
         for loss in self._losses():
-            period = self.period_epochs * int(steps)
+            period = self.period_epochs * int(steps) // per_update
             if loss.schedule.period != period:
-                config = dict(loss.schedule.get_config(), period=period)
-                loss.schedule = ClassWeightSchedule.from_config(config)
+                # A new object (probes that traced the old one see the change),
+                # keeping the profile callable itself.
+                loss.schedule = loss.schedule.with_period(period)
                 changed = True
-        if changed and getattr(self.model, "train_function", None) is not None:
-            # The period is a constant of the traced step: trace it anew.
-            self.model.make_train_function(force=True)
+        if changed:  # the period is a constant of the traced steps
+            self._retrace()
 
     def _reset_label_counts(self):
         for loss in self._losses():

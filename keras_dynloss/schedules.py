@@ -310,23 +310,36 @@ class ClassWeightSchedule:
         mask = self.emphasis(tf.constant(step // self.period, tf.int64)).numpy()
         return np.flatnonzero(mask)
 
-    # -- serialization ---------------------------------------------------
+    # -- copies and serialization -----------------------------------------
 
-    def get_config(self):
-        shape = self.shape
-        if callable(shape):
-            shape = keras.saving.serialize_keras_object(shape)
+    def _arguments(self):
+        """The constructor arguments, the profile as given (maybe a callable)."""
         return {
             "num_classes": self.num_classes,
             "amplitude": self.amplitude,
             "period": self.period,
-            "shape": shape,
+            "shape": self.shape,
             "normalize": self.normalize,
             "class_order": self.class_order,
             "group_size": self.group_size,
             "static_after": self.static_after,
             "seed": self.seed,
         }
+
+    def with_period(self, period):
+        """A new schedule equal to this one but with period ``period``.
+
+        Keeps the profile object itself, so a lambda or ``functools.partial``
+        profile (which ``get_config`` / ``from_config`` cannot rebuild) works.
+        This schedule is left unchanged.
+        """
+        return type(self)(**dict(self._arguments(), period=period))
+
+    def get_config(self):
+        config = self._arguments()
+        if callable(config["shape"]):
+            config["shape"] = keras.saving.serialize_keras_object(config["shape"])
+        return config
 
     @classmethod
     def from_config(cls, config):

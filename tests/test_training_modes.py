@@ -363,3 +363,57 @@ def test_loss_scale_optimizer_follows_applied_updates(spiral, accumulation):
                         tape.gradient(loss, reference.trainable_variables)):
             v.assign_sub(lr * g)
     _assert_same_weights(model, reference, atol=2e-5)
+
+
+def _sine_profile(phase, power):
+    return tf.sin(np.pi * phase) ** power
+
+
+def _numpy_gamma_profile(t, period, h):
+    k, r = divmod(t, period)
+    raw = np.ones(C)
+    raw[k % C] = 1 + (A - 1) * h(r / period)
+    return C * raw / raw.sum()
+
+
+@pytest.mark.parametrize("kind", ["lambda", "partial"])
+def test_period_epochs_keeps_callable_profile_and_retraces_evaluate(spiral, kind):
+    import functools
+
+    x, y = spiral
+    shape = (lambda phase: tf.sin(np.pi * phase) ** 2) if kind == "lambda" else \
+        functools.partial(_sine_profile, power=2)
+    loss = kd.DynamicalLoss(C, amplitude=A, period=1, shape=shape, from_logits=True)
+    original = loss.schedule
+    model = tiny_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=loss)
+    sched = kd.DynamicalLossScheduler()
+    model.evaluate(x, y, batch_size=len(x), verbose=0, callbacks=[sched])  # traced, T = 1
+    history = model.fit(_repeat(x, y), steps_per_epoch=3, epochs=3, verbose=0,
+                        callbacks=[kd.DynamicalLossScheduler(period_epochs=2)])
+    assert loss.period == 6 and loss.schedule is not original and original.period == 1
+    assert loss.schedule.shape is shape  # the very callable, not a rebuilt one
+    h = lambda p: np.sin(np.pi * p) ** 2  # noqa: E731
+    np.testing.assert_allclose([history.history[f"gamma_{i}"][-1] for i in range(C)],
+                               _numpy_gamma_profile(8, 6, h), rtol=1e-5)
+    # evaluate at step 9 with the new period (T = 1 would give Γ ≡ 1 here)
+    value = model.evaluate(x, y, batch_size=len(x), verbose=0, callbacks=[sched])
+    gamma = _numpy_gamma_profile(9, 6, h)
+    assert gamma.max() > 1.5
+    from conftest import numpy_crossentropy
+    logits = model.predict(x, verbose=0)
+    assert value == pytest.approx(np.mean(gamma[y] * numpy_crossentropy(y, logits)), rel=1e-5)
+
+
+def test_period_epochs_counts_updates_under_gradient_accumulation(spiral):
+    x, y = spiral
+    loss = kd.DynamicalLoss(C, amplitude=A, period=1, from_logits=True)
+    model = tiny_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(LR, gradient_accumulation_steps=2), loss=loss)
+    model.fit(_repeat(x, y), steps_per_epoch=4, epochs=1, verbose=0,
+              callbacks=[kd.DynamicalLossScheduler(period_epochs=3)])
+    assert loss.period == 6  # 3 epochs of 4 batches = 6 updates
+    with pytest.raises(ValueError, match=r"`steps_per_epoch`: expected a multiple of.*"
+                                         r"gradient_accumulation_steps=2.*steps_per_epoch=5"):
+        model.fit(_repeat(x, y), steps_per_epoch=5, epochs=1, verbose=0,
+                  callbacks=[kd.DynamicalLossScheduler(period_epochs=3)])
