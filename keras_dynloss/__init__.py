@@ -5,7 +5,11 @@ functions for machine learning" (ICML 2021, arXiv 2102.03793); dynamical MSE fro
 Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690).
 """
 
-from keras_dynloss import curvature, datasets
+from keras_dynloss._checks import check_keras_backend
+
+check_keras_backend()  # TensorFlow only: fail here, clearly, not deep inside Keras
+
+from keras_dynloss import curvature, datasets  # noqa: E402
 from keras_dynloss.callbacks import DynamicalLossScheduler
 from keras_dynloss.curvature import (
     CurvatureProbe,

@@ -85,3 +85,42 @@ def _int_range(minimum, maximum):
     if maximum is not None:
         return f"an integer <= {maximum}"
     return "an integer"
+
+
+def check_keras_backend():
+    """Raises ImportError unless Keras uses (or will use) the TensorFlow backend.
+
+    The package reads the optimizer's step inside TensorFlow graphs, so it is
+    TensorFlow-only. Checked before Keras is imported when ``KERAS_BACKEND`` is
+    set (a missing jax/torch then cannot fail first, deep inside Keras).
+    """
+    import os
+    import sys
+
+    if "keras" in sys.modules:
+        backend = sys.modules["keras"].config.backend()
+        source = "keras.config.backend()"
+    elif os.environ.get("KERAS_BACKEND"):
+        backend = os.environ["KERAS_BACKEND"]
+        source = f"KERAS_BACKEND={backend}"
+    else:
+        try:
+            import keras
+        except ImportError as error:
+            raise ImportError(_backend_message(f"unknown (importing keras failed: {error})",
+                                               "keras.json")) from error
+        backend = keras.config.backend()
+        source = "keras.json"
+    if backend != "tensorflow":
+        raise ImportError(_backend_message(repr(backend), source))
+
+
+def _backend_message(backend, source):
+    return (
+        "keras_dynloss needs Keras's TensorFlow backend (it reads the optimizer's "
+        f"step inside TensorFlow graphs), but Keras's backend is {backend} "
+        f"(from {source}). Set the environment variable KERAS_BACKEND=tensorflow "
+        "before Python imports keras (e.g. `KERAS_BACKEND=tensorflow python ...`, or "
+        "`os.environ['KERAS_BACKEND'] = 'tensorflow'` before the first "
+        "`import keras`), or set \"backend\": \"tensorflow\" in ~/.keras/keras.json."
+    )
