@@ -199,3 +199,28 @@ def test_float64_gamma_is_exact_to_rounding(shape, period):
     graph = tf.function(lambda t: s(t, dtype=tf.float64), jit_compile=True)
     np.testing.assert_allclose(graph(tf.constant(steps, tf.int64)).numpy(), want,
                                rtol=1e-15, atol=1e-15)
+
+
+def test_with_period_keeps_callable_profile_and_leaves_original():
+    import functools
+
+    def power_sine(phase, power):
+        return tf.sin(np.pi * phase) ** power
+
+    for profile in (lambda phase: tf.sin(np.pi * phase) ** 3,
+                    functools.partial(power_sine, power=3)):
+        s = ClassWeightSchedule(3, amplitude=9, period=4, shape=profile, class_order=[2, 0, 1])
+        longer = s.with_period(10)
+        assert longer is not s and longer.shape is profile
+        assert (s.period, longer.period) == (4, 10)
+        for t in range(40):
+            k, r = divmod(t, 10)
+            raw = np.ones(3)
+            raw[[2, 0, 1][k % 3]] = 1 + 8 * np.sin(np.pi * r / 10) ** 3
+            np.testing.assert_allclose(longer.weights_at(t, dtype="float64"), 3 * raw / raw.sum(),
+                                       rtol=1e-14)
+        np.testing.assert_allclose(s.weights_at(1), numpy_gamma(1, 3, 1 + 8 * 0.5**1.5, 4,
+                                                                groups=[[2], [0], [1]], shape="square"),
+                                   rtol=1e-6)
+    with pytest.raises(ValueError, match=r"`period`.*period=0"):
+        s.with_period(0)
