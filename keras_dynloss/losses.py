@@ -72,7 +72,8 @@ def dynamical_crossentropy(
             when it is not.
 
     Returns:
-        Per-sample losses, shape (B,).
+        Per-sample losses, shape (B,); computed in float32 when ``y_pred`` is
+        float16/bfloat16 (mixed precision), else in ``y_pred``'s dtype.
 
     Example:
         >>> dynamical_crossentropy([0, 2], [[2., 0., 0.], [0., 0., 2.]],
@@ -112,9 +113,10 @@ def dynamical_mean_squared_error(
             one-hot targets (B, C) (sample weight ``Σ_i y_μi Γ_i``).
         y_pred: network outputs, shape (B, C).
         class_weights: Γ, shape (C,).
+        invalid_label_counter: as for :func:`dynamical_crossentropy`.
 
     Returns:
-        Per-sample losses, shape (B,).
+        Per-sample losses, shape (B,) (float32 for float16/bfloat16 ``y_pred``).
     """
     y_pred = _prediction(y_pred)
     class_weights, num_classes = _class_weights(class_weights, y_pred)
@@ -141,9 +143,10 @@ def dynamical_componentwise_mean_squared_error(
         y_true: integer labels (B,) / (B, 1) or one-hot targets (B, C).
         y_pred: network outputs, shape (B, C).
         class_weights: Γ, shape (C,).
+        invalid_label_counter: as for :func:`dynamical_crossentropy`.
 
     Returns:
-        Per-sample losses, shape (B,).
+        Per-sample losses, shape (B,) (float32 for float16/bfloat16 ``y_pred``).
     """
     y_pred = _prediction(y_pred)
     class_weights, num_classes = _class_weights(class_weights, y_pred)
