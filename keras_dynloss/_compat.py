@@ -6,6 +6,8 @@ upgrade that breaks it fails loudly there, not as a wrong result elsewhere.
 Append new functions at the end, each with its reason and its test.
 """
 
+import re
+
 import tensorflow as tf
 
 # Private imports, each explained in the function that uses it.
@@ -54,3 +56,41 @@ def iter_layers(model):
     ``dtype_policy``) and to name the layer that blocks a second derivative.
     """
     return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+_NO_GRADIENT_PATTERNS = (
+    re.compile(r"gradient registry has no entry for: ?'?([A-Za-z0-9_]+)"),
+    re.compile(r"No gradient defined for operation.*?op type: ?'?([A-Za-z0-9_]+)"),
+)
+
+
+def missing_gradient_op(error):
+    """The TensorFlow op type named by a "no gradient registered" error, or None.
+
+    Why private (parsing TF error text): TensorFlow raises a bare
+    ``LookupError`` / ``StagingError`` when an op has no registered gradient
+    (e.g. ``ResizeBicubicGrad``, needed for a second derivative of bicubic
+    resizing) and exposes the op type nowhere but in the message. Curvature
+    operators read it to name the layer that cannot be differentiated twice.
+    """
+    text = str(error)
+    for pattern in _NO_GRADIENT_PATTERNS:
+        found = pattern.search(text)
+        if found:
+            return found.group(1)
+    return None
+
+
+def adam_second_moments(optimizer, variables):
+    """Adam/AdamW second-moment slots ``v`` (``v_hat`` with amsgrad), one per
+    variable of ``variables``, in that order.
+
+    Why private: Keras 3 keeps an optimizer's per-variable slots in private
+    lists (``Adam._velocities``, ``Adam._velocity_hats``) indexed by the private
+    ``_get_variable_index``; ``optimizer.variables`` lists them without saying
+    which model variable each belongs to. The curvature probe needs ``v`` to
+    build Adam's preconditioner ``P = diag(sqrt(v_hat) + eps_hat)`` for the
+    adaptive edge-of-stability ratio.
+    """
+    slots = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
+    return [slots[optimizer._get_variable_index(v)] for v in variables]

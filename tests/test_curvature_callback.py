@@ -141,10 +141,10 @@ def test_trace_matches_hutchinson_on_final_weights():
     assert abs(est - exact.trace) <= 3 * np.hypot(se, exact.stderr)
 
 
-def test_eos_ratio_with_non_sgd_warns():
+def test_eos_ratio_with_unsupported_optimizer_warns():
     x, y = _data(n=8)
     model = _model(bn=False)
-    model.compile(optimizer="adam", loss=LOSS)
+    model.compile(optimizer="rmsprop", loss=LOSS)
     probe = CurvatureProbe((x, y), lanczos_order=3)
     with pytest.warns(RuntimeWarning, match="eos_ratio"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[probe])
@@ -157,7 +157,13 @@ def test_eos_ratio_with_non_sgd_warns():
         (dict(every_n_steps=2, every_n_epochs=1), "`every_n_epochs`"),
         (dict(every_n_steps=0), "`every_n_steps`"),
         (dict(every_n_epochs=1.5), "`every_n_epochs`"),
-        (dict(top_k=11), "`top_k`"),
+        (dict(top_k=5, lanczos_order=4), "`top_k`"),
+        (dict(operator="fisher"), "`operator`"),
+        (dict(tol=0.0), "`tol`"),
+        (dict(warm_start_noise=-0.1), "`warm_start_noise`"),
+        (dict(per_layer=1), "`per_layer`"),
+        (dict(csv_path=3), "`csv_path`"),
+        (dict(optimizer="sgd"), "`optimizer`"),
         (dict(lanczos_order=0), "`lanczos_order`"),
         (dict(trace_samples=1), "`trace_samples`"),
         (dict(ntk="yes"), "`ntk`"),
@@ -177,6 +183,11 @@ def test_rejected_data():
 
     x, y = _data(n=4)
     with pytest.raises(ValueError, match="Invalid value for argument `data`"):
-        CurvatureProbe(tf.data.Dataset.from_tensor_slices((x, y)).batch(2))
-    with pytest.raises(ValueError, match="Invalid value for argument `data`"):
         CurvatureProbe(x)
+    with pytest.raises(ValueError, match="Invalid value for argument `data`"):
+        CurvatureProbe((x[:0], y[:0]))
+    # An empty dataset is refused at the first probe.
+    model = _model(bn=False)
+    probe = CurvatureProbe(tf.data.Dataset.from_tensor_slices((x, y)).batch(2).take(0))
+    with pytest.raises(ValueError, match="Invalid value for argument `data`: expected a non-empty dataset"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[probe])

@@ -1,10 +1,10 @@
-"""Curvature probes: Hessian and empirical-NTK spectra of Keras models.
+"""Curvature probes: Hessian, Gauss-Newton and empirical-NTK spectra of Keras models.
 
 Operators (`HessianOperator`, `NTKOperator`) are callables `v -> A v` on the
-flat vector of all trainable parameters; algorithms (`lanczos`,
-`power_iteration`, `hutchinson_trace`, `spectral_density`) take only such a
-callable and a size. Entry points combine the two, and `CurvatureProbe` runs
-them during `model.fit`.
+flat vector of the chosen trainable parameters (all by default, or a list of
+variables/layers); algorithms (`lanczos`, `power_iteration`,
+`hutchinson_trace`, `spectral_density`) take only such a callable and a size.
+Entry points combine the two, and `CurvatureProbe` runs them during training.
 """
 
 from keras_dynloss.curvature.algorithms import DensityResult

@@ -14,11 +14,14 @@ from keras_dynloss.curvature import operators
 _EIG_ALGORITHMS = ("lanczos", "power_iteration")
 
 
-def _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches):
+def _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches,
+             variables, operator):
     return operators.HessianOperator(
         model,
         loss,
         data,
+        variables=variables,
+        operator=operator,
         num_batches=num_batches,
         mode=hvp_mode,
         training=training,
@@ -38,6 +41,8 @@ def hessian_eigenvalues(
     tol=1e-4,
     which="largest",
     seed=0,
+    variables=None,
+    operator="hessian",
     num_batches=None,
     hvp_mode="reverse_over_reverse",
     training=False,
@@ -61,6 +66,12 @@ def hessian_eigenvalues(
             (`.repeat()`) or unknown-length dataset is refused unless
             `num_batches` bounds it.
         num_batches: use only the first `num_batches` batches of a dataset.
+        variables: `None` (all trainable variables) or a list of trainable
+            variables and/or layers: the spectrum of that diagonal block (e.g.
+            one layer's sub-Hessian), the other parameters held fixed.
+        operator: `"hessian"` (default) or `"gauss_newton"` (generalised
+            Gauss-Newton `J^T H_out J`, positive semi-definite for convex
+            losses; see `HessianOperator`).
         k: number of eigenvalues.
         algorithm: `"lanczos"` (default; full float64 reorthogonalisation) or
             `"power_iteration"` (with deflation; largest magnitude).
@@ -86,7 +97,9 @@ def hessian_eigenvalues(
         >>> res.eigenvalues      # array([l1, l2, l3]), l1 >= l2 >= l3
     """
     algorithm = val.check_choice("algorithm", algorithm, _EIG_ALGORITHMS)
-    op = _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches)
+    op = _hessian(
+        model, loss, data, hvp_mode, training, include_regularization, num_batches, variables, operator
+    )
     if algorithm == "lanczos":
         return algorithms.lanczos(
             op,
@@ -117,6 +130,8 @@ def hessian_trace(
     num_samples=100,
     distribution="rademacher",
     seed=0,
+    variables=None,
+    operator="hessian",
     num_batches=None,
     hvp_mode="reverse_over_reverse",
     training=False,
@@ -131,8 +146,8 @@ def hessian_trace(
         num_samples: number of probe vectors (= Hessian-vector products).
         distribution: `"rademacher"` or `"gaussian"`.
         seed: seed of the probe vectors.
-        num_batches, hvp_mode, training, include_regularization: as in
-            `hessian_eigenvalues`.
+        variables, operator, num_batches, hvp_mode, training,
+            include_regularization: as in `hessian_eigenvalues`.
 
     Returns:
         A `TraceResult` with `.trace` and `.stderr`.
@@ -141,7 +156,9 @@ def hessian_trace(
         >>> res = hessian_trace(model, loss, (x, y), num_samples=50)
         >>> res.trace, res.stderr
     """
-    op = _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches)
+    op = _hessian(
+        model, loss, data, hvp_mode, training, include_regularization, num_batches, variables, operator
+    )
     return algorithms.hutchinson_trace(
         op, op.size, num_samples=num_samples, distribution=distribution, seed=seed
     )
@@ -158,6 +175,8 @@ def hessian_density(
     grid=None,
     num_points=512,
     seed=0,
+    variables=None,
+    operator="hessian",
     num_batches=None,
     hvp_mode="reverse_over_reverse",
     training=False,
@@ -177,8 +196,8 @@ def hessian_density(
             the spectrum).
         num_points: grid size when `grid` is `None`.
         seed: seed of the start vectors.
-        num_batches, hvp_mode, training, include_regularization: as in
-            `hessian_eigenvalues`.
+        variables, operator, num_batches, hvp_mode, training,
+            include_regularization: as in `hessian_eigenvalues`.
 
     Returns:
         A `DensityResult` with `.grid`, `.density` (integrates to 1),
@@ -188,7 +207,9 @@ def hessian_density(
         >>> res = hessian_density(model, loss, (x, y), order=40)
         >>> plt.semilogy(res.grid, res.density)
     """
-    op = _hessian(model, loss, data, hvp_mode, training, include_regularization, num_batches)
+    op = _hessian(
+        model, loss, data, hvp_mode, training, include_regularization, num_batches, variables, operator
+    )
     return algorithms.spectral_density(
         op,
         op.size,
@@ -201,11 +222,18 @@ def hessian_density(
     )
 
 
-def ntk_gram(model, x, *, trace_outputs=True, training=False, batch_size=None):
+#: `ntk_eigenvalues(algorithm="auto")` forms the Jacobian (dense, exact) only
+#: when it takes at most this many bytes (`N * K * n * 8`, float64); above it,
+#: it runs matrix-free Lanczos (VJP + JVP products, memory ~`(order + 4) * N`
+#: plus one backward pass).
+DENSE_NTK_MAX_BYTES = 2**28
+
+
+def ntk_gram(model, x, *, trace_outputs=True, training=False, batch_size=None, variables=None):
     """Empirical NTK Gram matrix of the model outputs on `N` samples.
 
     With `J[i, c, :] = d f_c(x_i) / d theta` (outputs `f`, e.g. logits, with `K`
-    channels; `theta` all `n` trainable parameters):
+    channels; `theta` the `n` chosen trainable parameters, all by default):
 
     * `trace_outputs=True` (default): `Theta[i, j] = sum_c J[i, c] . J[j, c]`,
       shape `(N, N)` — the trace over the output axis of the per-pair `K x K`
@@ -215,6 +243,7 @@ def ntk_gram(model, x, *, trace_outputs=True, training=False, batch_size=None):
 
     Outputs with more than one trailing axis (or several outputs) are flattened
     and concatenated into the `K` channels. Symmetric positive semi-definite.
+    Forms `J` explicitly: memory `N * K * n` float64 numbers.
 
     Args:
         model: a built `keras.Model`.
@@ -222,13 +251,15 @@ def ntk_gram(model, x, *, trace_outputs=True, training=False, batch_size=None):
         trace_outputs: see above.
         training: run the model in training mode (default `False`).
         batch_size: samples per Jacobian chunk (default all).
+        variables: `None` (all trainable variables) or variables/layers: the
+            NTK of those parameters only.
 
     Returns:
         float64 NumPy array `(N, N)` or `(N*K, N*K)`.
     """
     if not isinstance(trace_outputs, bool):
         raise val.invalid("trace_outputs", "a bool", trace_outputs)
-    jac = operators.ntk_jacobian(model, x, training=training, batch_size=batch_size)
+    jac = operators.ntk_jacobian(model, x, training=training, batch_size=batch_size, variables=variables)
     if trace_outputs:
         return np.einsum("ikp,jkp->ij", jac, jac)
     flat = jac.reshape(jac.shape[0] * jac.shape[1], -1)
@@ -241,11 +272,12 @@ def ntk_eigenvalues(
     k=1,
     *,
     trace_outputs=True,
-    algorithm="dense",
+    algorithm="auto",
     order=None,
     seed=0,
     training=False,
     batch_size=None,
+    variables=None,
 ):
     """Top-`k` eigenvalues of the empirical NTK Gram matrix (see `ntk_gram`).
 
@@ -254,29 +286,37 @@ def ntk_eigenvalues(
         x: inputs, `N` samples.
         k: number of eigenvalues.
         trace_outputs: traced `(N, N)` kernel (default) or full `(N*K, N*K)`.
-        algorithm: `"dense"` (explicit Jacobian + `numpy.linalg.eigvalsh`,
-            exact; memory `N*K*n`) or `"lanczos"` (matrix free, VJP/JVP
-            products, `order` of them).
+        algorithm: `"auto"` (default: `"dense"` when the Jacobian takes at most
+            `DENSE_NTK_MAX_BYTES` = 256 MiB as float64, i.e.
+            `N * K * n <= 2**25`, else `"lanczos"`), `"dense"` (explicit
+            Jacobian + `numpy.linalg.eigvalsh`, exact; memory `N*K*n`) or
+            `"lanczos"` (matrix free, VJP/JVP products, `order` of them;
+            `residuals` say how far to trust the values).
         order: Lanczos steps (default `min(size, max(2k + 10, 20))`).
         seed: Lanczos start vector seed.
         training: run the model in training mode (default `False`).
         batch_size: Jacobian chunk size for `"dense"`.
+        variables: `None` (all trainable variables) or variables/layers.
 
     Returns:
-        An `EigenResult`, `.eigenvalues` of shape `(k,)`, largest first.
+        An `EigenResult`, `.eigenvalues` of shape `(k,)`, largest first;
+        `.method` says which algorithm ran.
 
     Example:
         >>> ntk_eigenvalues(model, x[:100], k=2).eigenvalues
     """
-    algorithm = val.check_choice("algorithm", algorithm, ("dense", "lanczos"))
+    algorithm = val.check_choice("algorithm", algorithm, ("auto", "dense", "lanczos"))
     val.check_int("k", k, minimum=1)
-    if algorithm == "lanczos":
+    if algorithm != "dense":
         op = operators.NTKOperator(
-            model, x, trace_outputs=trace_outputs, training=training
+            model, x, trace_outputs=trace_outputs, training=training, variables=variables
         )
-        return algorithms.lanczos(op, op.size, k=k, order=order, seed=seed)
+        jacobian_bytes = 8 * op.num_samples * op.num_outputs * op.flat.size
+        if algorithm == "lanczos" or jacobian_bytes > DENSE_NTK_MAX_BYTES:
+            return algorithms.lanczos(op, op.size, k=k, order=order, seed=seed)
     gram = ntk_gram(
-        model, x, trace_outputs=trace_outputs, training=training, batch_size=batch_size
+        model, x, trace_outputs=trace_outputs, training=training, batch_size=batch_size,
+        variables=variables,
     )
     k = val.check_int("k", k, minimum=1, maximum=gram.shape[0])
     values = np.linalg.eigvalsh(gram)[::-1][:k]

@@ -1,210 +1,186 @@
-"""`CurvatureProbe`: Hessian / NTK spectra of a fixed probe batch during `fit`."""
+"""`CurvatureProbe`: Hessian / Gauss-Newton / NTK spectra during training."""
 
-import csv
-import os
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_dynloss.curvature import _graph
 from keras_dynloss import _checks as val
-from keras_dynloss.curvature import operators
+from keras_dynloss.curvature import _probe
+from keras_dynloss.curvature import _records
+from keras_dynloss.curvature import data as data_lib
+from keras_dynloss.curvature import distributed
+from keras_dynloss.curvature import eos as eos_lib
+from keras_dynloss.curvature import errors
+from keras_dynloss.curvature import hessian
 
-#: Keys written into `logs` (and kept in `CurvatureProbe.history`).
-HESSIAN_MAX_EIG = "hessian_max_eig"
-HESSIAN_TRACE = "hessian_trace"
-HESSIAN_TRACE_STDERR = "hessian_trace_stderr"
-NTK_MAX_EIG = "ntk_max_eig"
 EOS_RATIO = "eos_ratio"
 
 
 def _same(a, b):
-    """Identity, or equality for plain numbers (a schedule's period)."""
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+    """Identity, or equality for plain numbers (a schedule's period, flags)."""
+    if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):
         return a == b
     return a is b
 
 
 class CurvatureProbe(keras.callbacks.Callback):
-    """Measures curvature on a fixed probe batch every N steps (or epochs).
+    """Measures curvature on a probe batch every N steps (or epochs).
 
     Each probe is one compiled `tf.function` call that, at the current
-    parameters `theta`, runs (all iterations in-graph):
+    parameters, runs (all loops in-graph, one Lanczos implementation, one
+    Hutchinson, see `krylov`):
 
-    * `lanczos_order` Lanczos steps on the loss Hessian `H` of the probe batch
-      (full float64 reorthogonalisation) -> top-`top_k` eigenvalues;
-    * optionally `trace_samples` Hutchinson products -> `tr(H)` and stderr;
-    * optionally `ntk_order` Lanczos steps on the empirical NTK of the probe
-      inputs (matrix free: VJP + JVP per product; traced over outputs by
-      default, as `ntk_eigenvalues`) -> NTK `lambda_max`.
+    * Lanczos on the loss Hessian `H` (or the Gauss-Newton `G`,
+      `operator="gauss_newton"`) of the probe batch -> top-`top_k` eigenvalues,
+      warm-started from the previous probe's top Ritz vectors plus a random
+      component, stopped once the top-`top_k` residuals are below `tol`
+      relative (at most `lanczos_order` products);
+    * with `per_layer`, the same for each layer's diagonal block;
+    * with `trace`, `trace_samples` Hutchinson products -> `tr(H)`, stderr;
+    * with `ntk`, Lanczos on the empirical NTK (matrix free, VJP + JVP per
+      output channel; traced over outputs by default) -> NTK `lambda_max`;
+    * for `eos_ratio` under Adam/AdamW, Lanczos on `P^-1/2 H P^-1/2`.
 
-    Values are written into `logs` under these keys, so they appear in the
-    progress bar, `History`, `CSVLogger` and `TensorBoard`:
+    Keys written into `logs` (progress bar, `History`, `CSVLogger`,
+    `TensorBoard`) and kept in `history`, with `<op>` = `hessian` or
+    `gauss_newton`:
 
     | key | value |
     |---|---|
-    | `hessian_max_eig` | largest Hessian eigenvalue `lambda_1` |
-    | `hessian_eig_2` .. `hessian_eig_k` | next eigenvalues when `top_k > 1` |
-    | `hessian_trace`, `hessian_trace_stderr` | Hutchinson `tr(H)` (if `trace`) |
-    | `ntk_max_eig` | largest NTK eigenvalue (if `ntk`) |
-    | `eos_ratio` | `lambda_1 * lr / 2` for SGD (`lambda_1 * lr / (2 (1 + momentum))` with momentum); 1 is the edge of stability of gradient descent on a quadratic |
+    | `<op>_max_eig` | top eigenvalue `lambda_1` (Ritz value) |
+    | `<op>_eig_2` .. `<op>_eig_k` | next ones when `top_k > 1` |
+    | `<op>_max_eig_residual` | `||A u - lambda_1 u||`: bounds `|lambda_1 - eig|` |
+    | `<op>_matvecs` | products this probe used for `lambda_1..k` |
+    | `<op>_max_eig/<layer>`, `..._residual/<layer>` | per layer (`per_layer`) |
+    | `<op>_trace`, `<op>_trace_stderr` | Hutchinson `tr(A)` (if `trace`) |
+    | `ntk_max_eig`, `ntk_max_eig_residual`, `ntk_matvecs` | NTK (if `ntk`) |
+    | `eos_ratio` | curvature / stability threshold of the optimizer (see `eos`): `lambda_1 eta / (2 + 2 mu)` for SGD with momentum `mu`; `lambda_max(P^-1 H) (1 - beta_1) eta / (2 + 2 beta_1)` for Adam/AdamW |
+    | `preconditioned_max_eig` (+ `_residual`) | `lambda_max(P^-1 H)` (Adam/AdamW) |
+
+    Exact vs stochastic: Lanczos values are deterministic for a fixed batch
+    and trustworthy to their residual; `trace` is a Hutchinson estimate
+    (report it with its stderr). With `data` a `tf.data.Dataset`, every probe
+    draws the next batch (a fresh sample): the values are then stochastic
+    estimates of the curvature of the expected loss (`stochastic` is True,
+    `history["probe_batch"]` counts the batches drawn).
 
     On a probing batch the values go into that batch's `logs`; at every epoch
     end the latest values go into the epoch `logs`. Place `CurvatureProbe`
-    *before* `CSVLogger` / `TensorBoard` in `callbacks=[...]` (Keras calls
-    callbacks in list order and appends `History` and the progress bar last),
-    and after `DynamicalLossScheduler` so that the probed loss is bound to the
-    training step.
+    *before* `CSVLogger` / `TensorBoard` (Keras calls callbacks in list order
+    and appends `History` and the progress bar last). `history` (a dict of
+    lists) also holds `"step"` (the true step, `optimizer.iterations`: the
+    updates applied before the probe) and `"epoch"`. With
+    `steps_per_execution > 1` the probe runs at the first batch hook at or
+    after each multiple of `every_n_steps` and records the true step.
 
-    Every probe also appends to `self.history` (a dict of lists): `"step"`
-    (the true step, `model.optimizer.iterations`, i.e. the number of updates
-    applied before the probe), `"epoch"`, and each key above.
+    The probe never changes training: it reads the variables and evaluates the
+    model with `stateless_call` (inference mode by default), discarding any
+    state update; it writes no variable and uses no global RNG. When the loss
+    object or its `schedule` changes (e.g. `DynamicalLossScheduler(
+    period_epochs=k)` sets a new period at `fit` start), the probe is rebuilt
+    (and its warm start reset) before its next run. Under mixed precision
+    every product is computed in float32 (see `FlatParameters.full_precision`);
+    the Krylov loops run in float64.
 
-    With `steps_per_execution > 1`, Keras calls batch hooks once per execution;
-    the probe then runs at the first hook at or after each multiple of
-    `every_n_steps` and records the true step.
-
-    The probe never changes training: it reads the variables and evaluates
-    the model with `stateless_call` (inference mode by default), discarding
-    any state update; it does not touch the optimizer or the global RNG.
+    Custom training loops: call `probe.probe(model)` yourself, e.g. every 25
+    steps; the step recorded is `optimizer.iterations` (give `optimizer=` for
+    an uncompiled model, or `step=` to `probe`). Several devices: under a
+    `MirroredStrategy` (one machine) the products run on every replica on its
+    shard of the probe batch and are summed across replicas (`distributed`);
+    under a multi-worker strategy the probe uses no collective: each worker
+    computes the same value from the same replicated weights and batch, so
+    calling it on the chief only is correct and blocks no other worker.
 
     Args:
-        data: fixed probe batch, `(x, y)` or `(x, y, sample_weight)`.
+        data: probe batch `(x, y)` / `(x, y, sample_weight)`, or a
+            `tf.data.Dataset` of equal-size batches (a fresh one per probe;
+            re-iterated when exhausted).
         every_n_steps: probe when the step crosses a multiple of this.
         every_n_epochs: probe at the end of every N-th epoch (default 1 when
             `every_n_steps` is not given). Give at most one of the two.
         loss: loss to differentiate; default `model.loss`.
-        top_k: number of Hessian eigenvalues (`1 <= top_k <= lanczos_order`).
-        lanczos_order: Lanczos steps (Hessian-vector products) per probe.
-        trace: also estimate `tr(H)` (Hutchinson).
+        operator: `"hessian"` (default) or `"gauss_newton"`.
+        variables: `None` (all trainable variables) or variables/layers.
+        per_layer: also the top eigenvalue of each layer's block (the model's
+            direct `layers` that have trainable variables).
+        top_k: number of eigenvalues (`1 <= top_k <= lanczos_order`).
+        lanczos_order: most products per Lanczos run.
+        tol: relative residual that stops a Lanczos run; `None` runs all
+            `lanczos_order` steps.
+        warm_start: start from the previous probe's Ritz vectors.
+        warm_start_noise: weight of the random unit vector added to a warm
+            start (so that a new top direction is found).
+        trace: also estimate `tr(A)` (Hutchinson, `trace_samples` vectors).
         trace_samples: Hutchinson probe vectors per probe.
-        ntk: also compute the NTK `lambda_max`.
-        ntk_order: Lanczos steps for the NTK.
-        ntk_trace_outputs: NTK traced over outputs (`(N, N)`, default) or
-            full (`(N*K, N*K)`).
-        eos_ratio: log `eos_ratio` (needs a `keras.optimizers.SGD`).
-        probe_at_start: also probe at train begin (recorded in `history`).
-        hvp_mode: `"reverse_over_reverse"` (default) or
-            `"forward_over_reverse"`; see `HessianOperator`.
+        ntk: also compute the NTK `lambda_max` (`ntk_order` most products).
+        ntk_order: most NTK products per probe.
+        ntk_trace_outputs: traced `(N, N)` NTK (default) or full `(N*K, N*K)`.
+        eos_ratio: log `eos_ratio` (SGD, Adam, AdamW).
+        probe_at_start: also probe at train begin.
+        hvp_mode: `"reverse_over_reverse"` or `"forward_over_reverse"`.
         training: evaluate the model in training mode (default `False`).
-        seed: seed of the Lanczos start vectors and Hutchinson probes.
-        optimizer: optimizer whose `iterations` give the step and whose
-            learning rate gives `eos_ratio`; default `model.optimizer` (a
-            `LossScaleOptimizer` is looked through). Needed in a custom
-            training loop with an uncompiled model.
-        csv_path: if given, stream each probe as one row (`step`, `epoch`,
-            then the values) to this CSV file, written and flushed per probe,
-            and keep nothing in `history` (memory stays flat in long runs).
-            The file is overwritten by the first probe of this callback.
-
-    Custom training loops: build the probe, then call `probe.probe(model)`
-    yourself, e.g. every 25 steps. The step recorded is
-    `optimizer.iterations` (pass `step=` to `probe` to give it yourself). Under
-    a `tf.distribute` strategy the probe computes on its own fixed batch with
-    the current (replicated, hence identical) variable values and uses no
-    collective operation: its value is the same on every worker, so calling it
-    on the chief only is correct and does not block the other workers
-    (calling it on every worker repeats the same work).
-
-    Mixed precision: under `mixed_float16` / `mixed_bfloat16` every product is
-    computed with the layers in their variable dtype (float32), never in 16
-    bits; the probed values are float32-accurate.
-
-    The traced probe captures the loss and its schedule. When the loss object
-    or its `schedule` changes (e.g. `DynamicalLossScheduler(period_epochs=k)`
-    sets a new period at `fit` start), the probe is rebuilt before its next
-    run, so values always belong to the loss in force.
+        seed: seed of the random start vectors and Hutchinson probes.
+        optimizer: optimizer giving the step and `eos_ratio`; default
+            `model.optimizer` (a `LossScaleOptimizer` is looked through).
+        csv_path: stream each probe as one CSV row to this file (flushed per
+            probe) instead of keeping `history` (overwritten at first probe).
 
     Example:
-        >>> probe = CurvatureProbe((x[:256], y[:256]), every_n_steps=25,
-        ...                        ntk=True)
+        >>> probe = CurvatureProbe((x[:256], y[:256]), every_n_steps=25, ntk=True)
         >>> model.fit(x, y, callbacks=[probe, keras.callbacks.CSVLogger("log.csv")])
         >>> plt.plot(probe.history["step"], probe.history["hessian_max_eig"])
     """
 
-    def __init__(
-        self,
-        data,
-        *,
-        every_n_steps=None,
-        every_n_epochs=None,
-        loss=None,
-        top_k=1,
-        lanczos_order=10,
-        trace=False,
-        trace_samples=10,
-        ntk=False,
-        ntk_order=10,
-        ntk_trace_outputs=True,
-        eos_ratio=True,
-        probe_at_start=True,
-        hvp_mode="reverse_over_reverse",
-        training=False,
-        seed=0,
-        optimizer=None,
-        csv_path=None,
-    ):
+    def __init__(self, data, *, every_n_steps=None, every_n_epochs=None, loss=None, operator="hessian",
+                 variables=None, per_layer=False, top_k=1, lanczos_order=20, tol=1e-3, warm_start=True,
+                 warm_start_noise=0.1, trace=False, trace_samples=10, ntk=False, ntk_order=10,
+                 ntk_trace_outputs=True, eos_ratio=True, probe_at_start=True, hvp_mode="reverse_over_reverse",
+                 training=False, seed=0, optimizer=None, csv_path=None):
         super().__init__()
         if every_n_steps is not None and every_n_epochs is not None:
-            raise val.invalid(
-                "every_n_epochs",
-                "None when `every_n_steps` is given (give at most one)",
-                every_n_epochs,
-            )
-        self.every_n_steps = val.check_int(
-            "every_n_steps", every_n_steps, minimum=1, allow_none=True
-        )
+            raise val.invalid("every_n_epochs", "None when `every_n_steps` is given (give at most one)",
+                              every_n_epochs)
+        self.every_n_steps = val.check_int("every_n_steps", every_n_steps, minimum=1, allow_none=True)
         if every_n_steps is None and every_n_epochs is None:
             every_n_epochs = 1
-        self.every_n_epochs = val.check_int(
-            "every_n_epochs", every_n_epochs, minimum=1, allow_none=True
-        )
-        if isinstance(data, tf.data.Dataset):
-            raise val.invalid(
-                "data", "a fixed probe batch (x, y) or (x, y, sample_weight)", data
-            )
-        data = operators.check_data(data)
-        self._x, self._y = data[0], data[1]
-        self._sw = data[2] if len(data) == 3 else None
+        self.every_n_epochs = val.check_int("every_n_epochs", every_n_epochs, minimum=1, allow_none=True)
+        self.stochastic = isinstance(data, tf.data.Dataset)
+        if self.stochastic:
+            self._dataset, self._iterator = data, None
+        else:
+            self._batch = data_lib.check_batch(data)
         if loss is not None:
             val.check_callable("loss", loss)
         self._loss = loss
+        self.operator = val.check_choice("operator", operator, hessian.OPERATORS)
+        self.variables = variables
         self.lanczos_order = val.check_int("lanczos_order", lanczos_order, minimum=1)
         self.top_k = val.check_int("top_k", top_k, minimum=1, maximum=self.lanczos_order)
-        for name, flag in (
-            ("trace", trace),
-            ("ntk", ntk),
-            ("ntk_trace_outputs", ntk_trace_outputs),
-            ("eos_ratio", eos_ratio),
-            ("probe_at_start", probe_at_start),
-            ("training", training),
-        ):
+        self.tol = None if tol is None else val.check_float("tol", tol, positive=True)
+        self.warm_start_noise = val.check_float("warm_start_noise", warm_start_noise, nonnegative=True)
+        for name, flag in (("per_layer", per_layer), ("warm_start", warm_start), ("trace", trace),
+                           ("ntk", ntk), ("ntk_trace_outputs", ntk_trace_outputs), ("eos_ratio", eos_ratio),
+                           ("probe_at_start", probe_at_start), ("training", training)):
             if not isinstance(flag, bool):
                 raise val.invalid(name, "a bool", flag)
-        self.trace = trace
+        self.per_layer, self.warm_start, self.trace = per_layer, warm_start, trace
         self.trace_samples = val.check_int("trace_samples", trace_samples, minimum=2)
-        self.ntk = ntk
+        self.ntk, self.ntk_trace_outputs = ntk, ntk_trace_outputs
         self.ntk_order = val.check_int("ntk_order", ntk_order, minimum=1)
-        self.ntk_trace_outputs = ntk_trace_outputs
-        self.eos_ratio = eos_ratio
-        self.probe_at_start = probe_at_start
-        self.hvp_mode = val.check_choice("hvp_mode", hvp_mode, operators.HVP_MODES)
-        self.training = training
+        self.eos_ratio, self.probe_at_start, self.training = eos_ratio, probe_at_start, training
+        self.hvp_mode = val.check_choice("hvp_mode", hvp_mode, hessian.HVP_MODES)
         self.seed = val.check_int("seed", seed, minimum=0)
         if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
             raise val.invalid("optimizer", "a keras.optimizers.Optimizer or None", optimizer)
         self._optimizer = optimizer
-        if csv_path is not None and not isinstance(csv_path, (str, os.PathLike)):
-            raise val.invalid("csv_path", "a file path (str or os.PathLike) or None", csv_path)
-        self.csv_path = None if csv_path is None else os.fspath(csv_path)
-        self._csv_columns = None
-        self.history = {}
+        self._recorder = _records.Recorder(csv_path)
+        self.csv_path = self._recorder.csv_path
+        self.history = self._recorder.history
         self.latest = {}
-        self._rng = np.random.default_rng(self.seed)
-        self._probe_fn = None
-        self._key = None
+        self.prefix = "hessian" if self.operator == "hessian" else "gauss_newton"
+        self._graph = self._key = self._starts = None
+        self._count = 0
         self._last_bucket = None
         self._epoch = 0
         self._warned = set()
@@ -215,34 +191,24 @@ class CurvatureProbe(keras.callbacks.Callback):
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
+    def _optimizer_in_use(self):
+        opt = self._optimizer if self._optimizer is not None else getattr(self.model, "optimizer", None)
+        return None if opt is None else eos_lib.unwrap(opt)
+
     def _resolve_loss(self):
         loss = self._loss if self._loss is not None else getattr(self.model, "loss", None)
         if isinstance(loss, str):
             loss = keras.losses.get(loss)
         if not callable(loss):
             raise val.invalid(
-                "loss",
-                "a callable loss (pass `loss=` when the model was compiled "
-                "with several losses or none)",
-                loss,
-            )
+                "loss", "a callable loss (pass `loss=` when the model was compiled with several losses or none)",
+                loss)
         return loss
 
-    def _optimizer_in_use(self):
-        opt = self._optimizer
-        if opt is None:
-            opt = getattr(self.model, "optimizer", None)
-        if isinstance(opt, keras.optimizers.LossScaleOptimizer):
-            opt = opt.inner_optimizer
-        return opt
-
     def _probe_loss(self, loss):
-        """The loss to differentiate; a dynamical loss is probed through a copy.
-
-        The copy follows the same step as the loss (or the optimizer's, when the
-        loss is not bound yet) and has no invalid-label counter, so probing
-        never writes to training state.
-        """
+        """A dynamical loss is probed through a copy bound to the same step
+        (the optimizer's when it is unbound) with no invalid-label counter, so
+        probing never writes training state."""
         if not (hasattr(loss, "at_step") and hasattr(loss, "bind")):
             return loss
         source = getattr(loss, "step", None)
@@ -251,98 +217,70 @@ class CurvatureProbe(keras.callbacks.Callback):
             source = None if opt is None else opt.iterations
         if source is None:
             raise val.invalid(
-                "loss",
-                "a dynamical loss bound to a step (`loss.bind(optimizer)`), or "
-                "a model/probe with an optimizer to follow",
-                loss,
-            )
+                "loss", "a dynamical loss bound to a step (`loss.bind(optimizer)`), or a model/probe with an "
+                "optimizer to follow", loss)
         return loss.at_step(0).bind(source)
+
+    def _eos_optimizer(self):
+        opt = self._optimizer_in_use()
+        if not self.eos_ratio:
+            return None, None
+        found = None if opt is None else eos_lib.kind(opt)
+        if found is None:
+            self._warn_once("eos", "CurvatureProbe: `eos_ratio` is defined for keras.optimizers.SGD, Adam and "
+                            f"AdamW; not logged for {type(opt).__name__}.")
+        elif found == "adam" and not opt.built:
+            self._warn_once("eos-built", "CurvatureProbe: the Adam optimizer has no slots yet (not built); "
+                            "`eos_ratio` is logged once it is.")
+            return None, None
+        return found, opt
 
     def _trace_key(self):
         """Objects the traced probe depends on; a change forces a rebuild."""
         loss = self._resolve_loss()
         schedule = getattr(loss, "schedule", None)
-        return loss, (
-            self.model,
-            loss,
-            schedule,
-            getattr(schedule, "period", None),
-            getattr(loss, "step", None),
-            self._optimizer_in_use(),
-            *self.model.trainable_variables,
+        kind, opt = self._eos_optimizer()
+        return loss, (self.model, loss, schedule, getattr(schedule, "period", None), getattr(loss, "step", None),
+                      kind, opt, *self.model.trainable_variables)
+
+    def _layers(self):
+        if not self.per_layer:
+            return []
+        layers = self.model.layers if isinstance(self.model, keras.Model) else [self.model]
+        return [(layer.name, layer) for layer in layers if layer.trainable_variables]
+
+    def _build(self, loss, x):
+        kind, opt = self._eos_optimizer()
+        config = dict(
+            operator=self.operator, mode=self.hvp_mode, training=self.training, variables=self.variables,
+            layers=self._layers(), top_k=self.top_k, order=self.lanczos_order, tol=self.tol,
+            noise=self.warm_start_noise, trace_samples=self.trace_samples if self.trace else 0,
+            ntk=self.ntk, ntk_order=self.ntk_order, ntk_trace_outputs=self.ntk_trace_outputs,
+            eos_optimizer=opt if kind == "adam" else None,
+            replicas=distributed.sharded_products(self.model, self._probe_loss(loss), self.operator,
+                                                  self.hvp_mode, self.training),
         )
+        self._graph = _probe.ProbeGraph(self.model, self._probe_loss(loss), config, x)
+        self._starts = self._graph.initial_starts()
+        self._eos_kind = kind
 
-    def _build(self, loss):
-        model = self.model
-        flat = operators.FlatParameters(model)
-        self._flat = flat
-        loss = self._probe_loss(loss)
-        hvp = operators.hvp_fn(flat, loss, mode=self.hvp_mode, training=self.training)
-        x, y, sw = self._x, self._y, self._sw
-        dtype = flat.dtype
-        order, ntk_order = self.lanczos_order, self.ntk_order
-        n = flat.size
-        self._order = min(order, n)
-        if self.ntk:
-            n_samples, k_out = operators._num_samples_and_outputs(flat, x, self.training)
-            ntk_mv = operators.ntk_matvec_fn(
-                flat,
-                trace_outputs=self.ntk_trace_outputs,
-                training=self.training,
-                num_outputs=k_out,
-            )
-            self._ntk_size = n_samples if self.ntk_trace_outputs else n_samples * k_out
-            self._ntk_order = min(ntk_order, self._ntk_size)
-        trace, samples = self.trace, self.trace_samples
-        h_order = self._order
-
-        def probe(v0, z, u0):
-            theta = flat.read()
-
-            def hmv(v):
-                return tf.cast(hvp(theta, tf.cast(v, dtype), x, y, sw)[0], tf.float64)
-
-            out = {}
-            out["h_alpha"], out["h_beta"] = _graph.graph_lanczos(hmv, v0, h_order)
-            if trace:
-                out["trace"] = tf.stack(
-                    [tf.tensordot(z[i], hmv(z[i]), 1) for i in range(samples)]
-                )
-            if self.ntk:
-
-                def nmv(u):
-                    return tf.cast(ntk_mv(theta, tf.cast(u, dtype), x), tf.float64)
-
-                out["n_alpha"], out["n_beta"] = _graph.graph_lanczos(
-                    nmv, u0, self._ntk_order
-                )
-            return out
-
-        self._probe_fn = tf.function(probe)
-
-    def _learning_rate_ratio(self):
-        opt = self._optimizer_in_use()
-        if not isinstance(opt, keras.optimizers.SGD):
-            self._warn_once(
-                "eos",
-                "CurvatureProbe: `eos_ratio` is defined for "
-                "keras.optimizers.SGD only; not logged for "
-                f"{type(opt).__name__}.",
-            )
-            return None
-        lr = float(tf.convert_to_tensor(opt.learning_rate).numpy())
-        momentum = float(getattr(opt, "momentum", 0.0) or 0.0)
-        return lr / (2.0 * (1.0 + momentum))
+    def _next_batch(self):
+        if not self.stochastic:
+            return self._batch
+        for _ in range(2):
+            if self._iterator is None:
+                self._iterator = iter(self._dataset)
+            try:
+                return data_lib.check_batch(next(self._iterator))
+            except StopIteration:
+                self._iterator = None
+        raise val.invalid("data", "a non-empty dataset", self._dataset)
 
     def _current_step(self):
         opt = self._optimizer_in_use()
         if opt is None:
-            raise val.invalid(
-                "step",
-                "the training step (the model has no optimizer to read it from; "
-                "pass `optimizer=` to CurvatureProbe or `step=` to `probe`)",
-                None,
-            )
+            raise val.invalid("step", "the training step (the model has no optimizer to read it from; pass "
+                              "`optimizer=` to CurvatureProbe or `step=` to `probe`)", None)
         return int(tf.convert_to_tensor(opt.iterations).numpy())
 
     def probe(self, model=None, *, step=None):
@@ -361,91 +299,47 @@ class CurvatureProbe(keras.callbacks.Callback):
         if self.model is None:
             raise val.invalid("model", "a built keras.Model", None)
         step = self._current_step() if step is None else val.check_int("step", step, minimum=0)
+        x, y, sw = self._next_batch()
         loss, key = self._trace_key()
-        if (
-            self._probe_fn is None
-            or len(key) != len(self._key)
-            or not all(_same(a, b) for a, b in zip(key, self._key))
-        ):
-            self._build(loss)
+        if self._graph is None or len(key) != len(self._key) or not all(map(_same, key, self._key)):
+            self._build(loss, x)
             self._key = key
-        n = self._flat.size
-        v0 = self._rng.standard_normal(n)
-        z = (
-            self._rng.integers(0, 2, size=(self.trace_samples, n)) * 2.0 - 1.0
-            if self.trace
-            else np.zeros((0, n))
-        )
-        u0 = self._rng.standard_normal(self._ntk_size) if self.ntk else np.zeros(0)
-        out = operators.run_guarded(
-            self.model,
-            self._probe_fn,
-            tf.constant(v0, tf.float64),
-            tf.constant(z, tf.float64),
-            tf.constant(u0, tf.float64),
-            probes=operators.output_probes(self._flat, self._x),
-        )
-        eps = float(np.finfo(self._flat.dtype.as_numpy_dtype).eps)
-        values = {}
-        dec = _graph.decomposition_from_coefficients(
-            out["h_alpha"].numpy(), out["h_beta"].numpy(), eps=eps
-        )
-        if dec.breakdowns and self._order < n:
-            self._warn_once(
-                "breakdown",
-                "CurvatureProbe: Lanczos breakdown on the Hessian (invariant "
-                "Krylov subspace); the iteration restarted from rounding noise.",
-            )
-        theta = np.sort(np.linalg.eigvalsh(dec.tridiagonal()))[::-1]
-        values[HESSIAN_MAX_EIG] = float(theta[0])
-        for i in range(1, self.top_k):
-            values[f"hessian_eig_{i + 1}"] = float(theta[i]) if i < theta.size else float("nan")
-        if self.trace:
-            samples = out["trace"].numpy()
-            values[HESSIAN_TRACE] = float(samples.mean())
-            values[HESSIAN_TRACE_STDERR] = float(
-                samples.std(ddof=1) / np.sqrt(samples.size)
-            )
-        if self.ntk:
-            ndec = _graph.decomposition_from_coefficients(
-                out["n_alpha"].numpy(), out["n_beta"].numpy(), eps=eps
-            )
-            values[NTK_MAX_EIG] = float(np.linalg.eigvalsh(ndec.tridiagonal()).max())
-        if self.eos_ratio:
-            ratio = self._learning_rate_ratio()
-            if ratio is not None:
-                values[EOS_RATIO] = values[HESSIAN_MAX_EIG] * ratio
-        self._record(step, values)
+        seed = tf.constant([self.seed, self._count], tf.int64)
+        starts = self._starts if self.warm_start else self._graph.initial_starts()
+        out = errors.run_guarded(self.model, self._graph.fn, x, y, sw, starts, seed,
+                                 probes=errors.output_probes(self._graph.flat, x))
+        self._starts = {name: out[name]["next"] for name in self._starts if name in out}
+        values = self._values(out)
+        row = {"step": step, "epoch": self._epoch}
+        if self.stochastic:
+            row["probe_batch"] = self._count
+        self._count += 1
+        row.update(values)
+        self._recorder.record(row)
+        self.latest = dict(values)
         return values
 
-    def _record(self, step, values):
-        self.latest = dict(values)
-        if self.csv_path is not None:
-            self._write_row(step, values)
-            return
-        self.history.setdefault("step", []).append(step)
-        self.history.setdefault("epoch", []).append(self._epoch)
-        for key, value in values.items():
-            self.history.setdefault(key, []).append(value)
-
-    def _write_row(self, step, values):
-        row = {"step": step, "epoch": self._epoch, **values}
-        first = self._csv_columns is None
-        if first:
-            self._csv_columns = list(row)
-        with open(self.csv_path, "w" if first else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._csv_columns, restval="nan")
-            if first:
-                writer.writeheader()
-            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    def _values(self, out):
+        out = tf.nest.map_structure(lambda t: t.numpy(), {k: v for k, v in out.items()})
+        values = _records.float_values(
+            out, prefix=self.prefix, top_k=self.top_k, layer_names=[n for n, _ in self._graph.layers],
+            trace=self.trace, ntk=self.ntk, eos=self._eos_kind == "adam")
+        main = out["main"]
+        if int(main["breakdowns"]) and self._graph.flat.size > int(main["steps"]):
+            self._warn_once("breakdown", "CurvatureProbe: Lanczos breakdown (invariant Krylov subspace); the "
+                            "iteration restarted from a random vector.")
+        if self._eos_kind is not None:
+            curvature = values["preconditioned_max_eig"] if self._eos_kind == "adam" else values[
+                f"{self.prefix}_max_eig"]
+            values[EOS_RATIO] = curvature / eos_lib.threshold(self._optimizer_in_use())
+        return values
 
     # ------------------------------------------------------------------ #
     def on_train_begin(self, logs=None):
         if self._optimizer_in_use() is None:
             raise val.invalid("model", "a compiled model with an optimizer", self.model)
-        step = self._current_step()
         if self.every_n_steps is not None:
-            self._last_bucket = step // self.every_n_steps
+            self._last_bucket = self._current_step() // self.every_n_steps
         if self.probe_at_start:
             self.probe()
 
@@ -455,8 +349,7 @@ class CurvatureProbe(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.every_n_steps is None:
             return
-        step = self._current_step()
-        bucket = step // self.every_n_steps
+        bucket = self._current_step() // self.every_n_steps
         if bucket > self._last_bucket:
             self._last_bucket = bucket
             values = self.probe()

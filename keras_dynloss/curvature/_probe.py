@@ -1,0 +1,139 @@
+"""The compiled body of `CurvatureProbe`: every loop of one probe in one call.
+
+`ProbeGraph` builds, for a model, a loss and a probe configuration, one
+`tf.function` `(x, y, sw, starts, seed) -> results` that runs at the current
+parameters (read in-graph, nothing written):
+
+* a Lanczos loop (`krylov.lanczos_loop`) on the Hessian or Gauss-Newton
+  operator (target `"main"`), one per layer with `per_layer` (`"layer/<name>"`),
+  one on Adam's preconditioned operator `P^-1/2 H P^-1/2` (`"eos"`), one on the
+  empirical NTK (`"ntk"`);
+* a Hutchinson loop on the main operator (`"trace"`).
+
+Each Lanczos starts from `starts[target]`, the sum of the previous probe's top
+Ritz vectors (zero before the first probe), plus a random unit vector scaled by
+`noise` (a cold start is the random vector alone), and stops when the top-k
+residuals fall below `tol` relative (or after `order` products). It returns the
+top-k Ritz values, their residuals, the products used and the next start.
+"""
+
+import tensorflow as tf
+
+from keras_dynloss.curvature import eos as eos_lib
+from keras_dynloss.curvature import flat as flat_lib
+from keras_dynloss.curvature import hessian
+from keras_dynloss.curvature import krylov
+from keras_dynloss.curvature import ntk as ntk_lib
+
+
+class ProbeGraph:
+    """One compiled probe (see the module docstring).
+
+    Args:
+        model: the built model.
+        loss: the loss to differentiate.
+        config: dict with keys `operator`, `mode`, `training`, `variables`,
+            `layers` (list of `(name, layer)` for per-layer spectra), `top_k`,
+            `order`, `tol`, `noise`, `trace_samples` (0: none), `ntk` (bool),
+            `ntk_order`, `ntk_trace_outputs`, `eos_optimizer` (an Adam to
+            precondition with, or `None`), `replicas` (a
+            `distributed.ShardedProducts` or `None`).
+        x: an example probe input (sizes the NTK).
+    """
+
+    def __init__(self, model, loss, config, x):
+        self.config = config
+        self.flat = flat_lib.FlatParameters(model, config["variables"])
+        kwargs = dict(operator=config["operator"], mode=config["mode"], training=config["training"])
+        self.product = hessian.curvature_fn(self.flat, loss, **kwargs)
+        self.layers = []
+        for name, layer in config["layers"]:
+            flat = flat_lib.FlatParameters(model, [layer])
+            self.layers.append((name, flat, hessian.curvature_fn(flat, loss, **kwargs)))
+        self.sizes = {"main": self.flat.size}
+        for name, flat, _ in self.layers:
+            self.sizes["layer/" + name] = flat.size
+        if config["eos_optimizer"] is not None:
+            self.sizes["eos"] = self.flat.size
+            self.preconditioner = eos_lib.inverse_sqrt_preconditioner_fn(
+                config["eos_optimizer"], self.flat.variables
+            )
+        if config["ntk"]:
+            n_samples, k = ntk_lib.num_samples_and_outputs(self.flat, x, config["training"])
+            self.ntk_product = ntk_lib.ntk_matvec_fn(
+                self.flat, trace_outputs=config["ntk_trace_outputs"], training=config["training"],
+                num_outputs=k,
+            )
+            self.sizes["ntk"] = n_samples if config["ntk_trace_outputs"] else n_samples * k
+        # A closure per instance: TensorFlow's retracing detector counts per
+        # Python function, and every probe rebuild is a new graph by design.
+        self.fn = tf.function(lambda *args: self._probe(*args), reduce_retracing=True)
+
+    def initial_starts(self):
+        """Zero warm starts (cold start at the first probe), one per target."""
+        return {name: tf.zeros([size], tf.float64) for name, size in self.sizes.items()}
+
+    # ------------------------------------------------------------------ #
+    def _matvec(self, flat, product, x, y, sw):
+        replicas = self.config["replicas"]
+        dtype = flat.dtype
+        if replicas is not None:
+            return replicas.matvec(flat, product)
+        theta = flat.read()
+
+        def mv(v):
+            return tf.cast(product(theta, tf.cast(v, dtype), x, y, sw)[0], tf.float64)
+
+        return mv
+
+    def _lanczos(self, mv, start, seed, k, order):
+        size = tf.shape(start)[0]
+        order = min(order, int(start.shape[0]))
+        noise = tf.random.stateless_normal(tf.reshape(size, [1]), seed=seed, dtype=tf.float64)
+        noise = noise / tf.norm(noise)
+        norm = tf.norm(start)
+        v0 = tf.where(norm > 0, start / tf.maximum(norm, 1e-300) + self.config["noise"] * noise, noise)
+        run = krylov.lanczos_loop(mv, v0, order, tol=self.config["tol"], k=k, seed=seed)
+        values, residuals, vectors = krylov.ritz(run, k)
+        return {
+            "values": values,
+            "residuals": residuals,
+            "steps": run.steps,
+            "breakdowns": run.breakdowns,
+            "next": tf.reduce_sum(vectors, axis=1),
+        }
+
+    def _probe(self, x, y, sw, starts, seed):
+        cfg = self.config
+        seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(8)]
+        out = {}
+        main = self._matvec(self.flat, self.product, x, y, sw)
+        out["main"] = self._lanczos(main, starts["main"], seeds[0], cfg["top_k"], cfg["order"])
+        for i, (name, flat, product) in enumerate(self.layers):
+            mv = self._matvec(flat, product, x, y, sw)
+            layer_seed = tf.random.experimental.stateless_fold_in(seeds[1], i)
+            out["layer/" + name] = self._lanczos(mv, starts["layer/" + name], layer_seed, 1, cfg["order"])
+        if cfg["trace_samples"]:
+            out["trace"] = krylov.hutchinson_loop(main, self.flat.size, cfg["trace_samples"], seeds[2])
+        if "eos" in self.sizes:
+            opt = eos_lib.unwrap(cfg["eos_optimizer"])
+
+            def preconditioned():
+                d = self.preconditioner()
+                return self._lanczos(lambda v: d * main(d * v), starts["eos"], seeds[3], 1, cfg["order"])
+
+            def undefined():  # no update yet: P is not defined
+                nan = tf.constant(float("nan"), tf.float64)
+                return {"values": tf.fill([1], nan), "residuals": tf.fill([1], nan), "steps": tf.constant(0),
+                        "breakdowns": tf.constant(0), "next": starts["eos"]}
+
+            out["eos"] = tf.cond(tf.convert_to_tensor(opt.iterations) > 0, preconditioned, undefined)
+        if cfg["ntk"]:
+            theta = self.flat.read()
+            dtype = self.flat.dtype
+
+            def ntk_mv(u):
+                return tf.cast(self.ntk_product(theta, tf.cast(u, dtype), x), tf.float64)
+
+            out["ntk"] = self._lanczos(ntk_mv, starts["ntk"], seeds[4], 1, cfg["ntk_order"])
+        return out

@@ -1,0 +1,67 @@
+"""Where `CurvatureProbe` keeps its series: in memory (`history`) or a CSV file."""
+
+import csv
+import os
+
+import numpy as np
+
+from keras_dynloss import _checks as val
+
+
+class Recorder:
+    """Appends one row per probe: `step`, `epoch`, then the probe's values.
+
+    Args:
+        csv_path: `None` (rows kept in `history`, a dict of lists) or a file
+            path: each row is appended to that CSV file and flushed at once,
+            and `history` stays empty (memory flat in long runs). The first row
+            written by this recorder overwrites the file and writes the header.
+    """
+
+    def __init__(self, csv_path=None):
+        if csv_path is not None and not isinstance(csv_path, (str, os.PathLike)):
+            raise val.invalid("csv_path", "a file path (str or os.PathLike) or None", csv_path)
+        self.csv_path = None if csv_path is None else os.fspath(csv_path)
+        self.history = {}
+        self._columns = None
+
+    def record(self, row):
+        if self.csv_path is None:
+            for key, value in row.items():
+                self.history.setdefault(key, []).append(value)
+            return
+        first = self._columns is None
+        if first:
+            self._columns = list(row)
+        with open(self.csv_path, "w" if first else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._columns, restval="nan", extrasaction="ignore")
+            if first:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def float_values(out, *, prefix, top_k, layer_names, trace, ntk, eos):
+    """NumPy results of one probe (`ProbeGraph` output) -> `{key: float}`."""
+    values = {}
+    main = {k: np.asarray(v) for k, v in out["main"].items() if k != "next"}
+    values[f"{prefix}_max_eig"] = float(main["values"][0])
+    for i in range(1, top_k):
+        values[f"{prefix}_eig_{i + 1}"] = float(main["values"][i])
+    values[f"{prefix}_max_eig_residual"] = float(main["residuals"][0])
+    values[f"{prefix}_matvecs"] = int(main["steps"])
+    for name in layer_names:
+        layer = out["layer/" + name]
+        values[f"{prefix}_max_eig/{name}"] = float(np.asarray(layer["values"])[0])
+        values[f"{prefix}_max_eig_residual/{name}"] = float(np.asarray(layer["residuals"])[0])
+    if trace:
+        samples = np.asarray(out["trace"])
+        values[f"{prefix}_trace"] = float(samples.mean())
+        values[f"{prefix}_trace_stderr"] = float(samples.std(ddof=1) / np.sqrt(samples.size))
+    if eos:
+        values["preconditioned_max_eig"] = float(np.asarray(out["eos"]["values"])[0])
+        values["preconditioned_max_eig_residual"] = float(np.asarray(out["eos"]["residuals"])[0])
+    if ntk:
+        values["ntk_max_eig"] = float(np.asarray(out["ntk"]["values"])[0])
+        values["ntk_max_eig_residual"] = float(np.asarray(out["ntk"]["residuals"])[0])
+        values["ntk_matvecs"] = int(np.asarray(out["ntk"]["steps"]))
+    return values

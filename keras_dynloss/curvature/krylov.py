@@ -1,0 +1,184 @@
+"""The one Lanczos and the one Hutchinson: TensorFlow loops on a matvec.
+
+Both take only a product `matvec: v -> A v` on float64 tensors of shape `(n,)`
+(any TensorFlow-traceable function, or eager code) and run as a
+`tf.while_loop`: inside a `tf.function` (the `CurvatureProbe`) the graph holds
+one loop body whatever the order, so trace time does not grow with it; called
+eagerly (the host API in `algorithms`, where `matvec` may be NumPy code) the
+same loop runs step by step in Python.
+
+Lanczos keeps a preallocated basis `Q` of shape `(m, n)` in float64 (unfilled
+rows are zero, so reorthogonalising against all of `Q` is exact) and
+reorthogonalises fully, twice per step ("twice is enough"). Memory:
+`(m + 4) n` float64 numbers besides the product itself.
+"""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+
+_EPS = float(np.finfo(np.float64).eps)
+_TINY = float(np.finfo(np.float64).tiny)
+
+#: Result of `lanczos_loop` (tensors). `alphas`, `betas`: `(m,)`; only the first
+#: `steps` entries are filled. `betas[j]` is the norm of the residual after step
+#: `j` (the off-diagonal `T[j, j+1]` for `j < steps - 1`, the final residual
+#: norm for `j = steps - 1`; 0 at a breakdown). `basis`: `(m, n)`, rows
+#: `q_0 .. q_{steps-1}`. `steps`, `breakdowns`: int32 scalars.
+LanczosRun = collections.namedtuple("LanczosRun", "alphas betas basis steps breakdowns")
+
+
+def _orthogonalise(w, basis):
+    for _ in range(2):
+        w = w - tf.linalg.matvec(basis, tf.linalg.matvec(basis, w), transpose_a=True)
+    return w
+
+
+def tridiagonal(alphas, betas, steps):
+    """Dense `T` of shape `(steps, steps)` from a `LanczosRun`'s coefficients."""
+    a = alphas[:steps]
+    b = betas[: steps - 1]
+    return tf.linalg.diag(a) + tf.linalg.diag(b, k=1) + tf.linalg.diag(b, k=-1)
+
+
+def ritz(run, k=1):
+    """Top-`k` Ritz pairs of a `LanczosRun` (largest first).
+
+    Returns:
+        `(values (k,), residuals (k,), vectors (n, k))`, float64 tensors. The
+        residual `||A u - theta u|| = beta_last |s_last|` for unit `u` costs no
+        product. With fewer than `k` steps the missing entries are NaN / zero.
+    """
+    steps = run.steps
+    theta, s = tf.linalg.eigh(tridiagonal(run.alphas, run.betas, steps))
+    theta, s = theta[::-1], s[:, ::-1]
+    last = run.betas[steps - 1]
+    have = tf.minimum(steps, k)
+    pad = k - have
+    values = tf.concat([theta[:have], tf.fill([pad], tf.constant(np.nan, tf.float64))], 0)
+    residuals = tf.concat([tf.abs(last * s[steps - 1, :have]), tf.fill([pad], tf.constant(np.nan, tf.float64))], 0)
+    vectors = tf.linalg.matmul(run.basis[:steps], s[:, :have], transpose_a=True)
+    vectors = tf.concat([vectors, tf.zeros([tf.shape(vectors)[0], pad], tf.float64)], 1)
+    return values, residuals, vectors
+
+
+def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=True, seed=0):
+    """Runs up to `order` Lanczos steps of `matvec` from `start`.
+
+    Builds `Q = [q_0 .. q_{m-1}]` and `T = Q^T A Q` tridiagonal with
+    `A q_j = beta_{j-1} q_{j-1} + alpha_j q_j + beta_j q_{j+1}`, all in float64.
+    A breakdown (`beta_j <= 1e3 n eps max|T|`: an invariant subspace) is
+    counted; with `restart` the iteration continues from a random vector
+    orthogonal to `Q` (stateless RNG, seeded by `seed` and `j`) with
+    `beta_j = 0`, else it stops.
+
+    Args:
+        matvec: `v -> A v` on float64 tensors `(n,)`; `A` symmetric.
+        start: float64 tensor `(n,)`, nonzero (normalised here).
+        order: maximum number of steps `m` (a Python int; the basis is `(m, n)`).
+        tol: `None` (run all `m` steps) or a relative residual: stop after the
+            first step `j + 1 >= min_steps` at which each of the top-`k` Ritz
+            pairs has `beta_j |s_{j,i}| <= tol |theta_i|`.
+        k: number of top Ritz pairs the stopping rule watches.
+        min_steps: never stop before this many steps.
+        restart: continue after a breakdown (else stop there).
+        seed: int seed of the restart vectors.
+
+    Returns:
+        A `LanczosRun`.
+    """
+    start = tf.convert_to_tensor(start, tf.float64)
+    n = tf.shape(start)[0]
+    size = tf.cast(n, tf.float64)
+    seed = tf.cast(tf.reshape(seed, [-1])[:1], tf.int64)
+    q0 = start / tf.norm(start)
+    basis0 = tf.zeros(tf.stack([order, n]), tf.float64)
+    zeros = tf.zeros([order], tf.float64)
+    watch = tol is not None
+    tol = tf.constant(0.0 if tol is None else tol, tf.float64)
+
+    def converged(alphas, betas, j):
+        theta, s = tf.linalg.eigh(tridiagonal(alphas, betas, j + 1))
+        top = tf.minimum(j + 1, k)
+        res = tf.abs(betas[j] * s[j, -top:])
+        return tf.reduce_all(res <= tol * tf.maximum(tf.abs(theta[-top:]), _TINY))
+
+    def body(j, q, q_prev, beta_prev, basis, alphas, betas, breaks, done):
+        basis = tf.tensor_scatter_nd_update(basis, [[j]], q[None])
+        w = tf.cast(matvec(q), tf.float64)
+        alpha = tf.tensordot(q, w, 1)
+        w = _orthogonalise(w - alpha * q - beta_prev * q_prev, basis)
+        beta = tf.norm(w)
+        scale = tf.reduce_max(tf.abs(tf.concat([alphas, betas, [alpha, beta]], 0)))
+        broke = beta <= 1e3 * size * _EPS * tf.maximum(scale, _TINY)
+        beta = tf.where(broke, tf.zeros_like(beta), beta)
+        alphas = tf.tensor_scatter_nd_update(alphas, [[j]], [alpha])
+        betas = tf.tensor_scatter_nd_update(betas, [[j]], [beta])
+        last = j + 1 >= order
+
+        def fresh():
+            r = tf.random.stateless_normal(tf.reshape(n, [1]), seed=tf.concat([seed, tf.cast([j], tf.int64)], 0), dtype=tf.float64)
+            r = _orthogonalise(r, basis)
+            return r / tf.maximum(tf.norm(r), _TINY)
+
+        if restart:
+            q_next = tf.cond(tf.logical_and(broke, tf.logical_not(last)), fresh, lambda: w / tf.maximum(beta, _TINY))
+            stop = tf.constant(False)
+        else:
+            q_next = w / tf.maximum(beta, _TINY)
+            stop = broke
+        if watch:
+            stop = tf.logical_or(
+                stop,
+                tf.logical_and(
+                    j + 1 >= min_steps,
+                    tf.cond(last, lambda: tf.constant(False), lambda: converged(alphas, betas, j)),
+                ),
+            )
+        breaks = breaks + tf.cast(tf.logical_and(broke, tf.logical_not(last)), tf.int32)
+        return j + 1, q_next, q, beta, basis, alphas, betas, breaks, stop
+
+    state = (tf.constant(0), q0, tf.zeros_like(q0), tf.constant(0.0, tf.float64), basis0, zeros, zeros,
+             tf.constant(0), tf.constant(False))
+    j, _, _, _, basis, alphas, betas, breaks, _ = tf.while_loop(
+        lambda j, *rest: tf.logical_and(j < order, tf.logical_not(rest[-1])), body, state
+    )
+    return LanczosRun(alphas=alphas, betas=betas, basis=basis, steps=j, breakdowns=breaks)
+
+
+def probe_vectors(n, seed, distribution="rademacher"):
+    """`i -> z_i`, random float64 vectors `(n,)` from a stateless RNG.
+
+    Rademacher (`±1`) or standard Gaussian, both with `E[z z^T] = I`. `seed` is
+    an int or an int tensor `(2,)`; vector `i` uses `fold_in(seed, i)`.
+    """
+    seed = tf.cast(tf.reshape(seed, [-1]), tf.int64)
+    seed = tf.concat([seed, tf.zeros([2], tf.int64)], 0)[:2]
+
+    def one(i):
+        s = tf.random.experimental.stateless_fold_in(seed, i)
+        if distribution == "rademacher":
+            bits = tf.random.stateless_uniform(tf.reshape(n, [1]), seed=s, minval=0, maxval=2, dtype=tf.int64)
+            return tf.cast(2 * bits - 1, tf.float64)
+        return tf.random.stateless_normal(tf.reshape(n, [1]), seed=s, dtype=tf.float64)
+
+    return one
+
+
+def hutchinson_loop(matvec, n, num_samples, seed, distribution="rademacher"):
+    """Samples `z_i^T A z_i`, `i < num_samples`, as a float64 tensor `(s,)`.
+
+    `tr(A) = E[z^T A z]` for probes with `E[z z^T] = I` (see `probe_vectors`).
+    """
+    vector = probe_vectors(n, seed, distribution)
+
+    def body(i, samples):
+        z = vector(i)
+        value = tf.tensordot(z, tf.cast(matvec(z), tf.float64), 1)
+        return i + 1, tf.tensor_scatter_nd_update(samples, [[i]], [value])
+
+    _, samples = tf.while_loop(
+        lambda i, _: i < num_samples, body, (tf.constant(0), tf.zeros([num_samples], tf.float64))
+    )
+    return samples
