@@ -98,7 +98,13 @@ def build_parser():
                    help="auto (Fashion-MNIST: Debian IDX files, then TFDS), offline, tfds, "
                         "or tfds:NAME for any TFDS image classification set (e.g. tfds:cifar10)")
     p.add_argument("--model", choices=("auto", "mlp", "myrtle"), default="auto",
-                   help="auto: the MLP for Fashion-MNIST, a Myrtle-style CNN for tfds:NAME")
+                   help="auto: the MLP for Fashion-MNIST, a Myrtle-style CNN for tfds:NAME; "
+                        "myrtle has its own defaults (width 32, 1000 images, batch 25, "
+                        "lr 0.05, momentum 0.9, 4 seeds)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (same as --steps)")
+    p.add_argument("--batch-size", type=int, default=None, dest="batch_size")
+    p.add_argument("--learning-rate", type=float, default=None, dest="learning_rate")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum")
     p.add_argument("--processes", type=int, default=None, help="worker processes")
     return parser
 
@@ -170,12 +176,14 @@ def _width_sweep(args):
 def _overparam(args):
     from keras_dynloss.experiments import overparam
 
-    cfg = _settings(overparam.DEFAULTS, overparam.QUICK, args,
-                    ("amplitudes", "periods", "seeds", "width", "train_size", "test_size"))
+    cnn = args.model == "myrtle" or (args.model == "auto" and args.data.startswith("tfds:"))
+    cfg = _settings(overparam.MYRTLE_DEFAULTS if cnn else overparam.DEFAULTS, overparam.QUICK,
+                    args, ("amplitudes", "periods", "seeds", "width", "train_size",
+                           "test_size", "batch_size", "learning_rate", "momentum"))
     if args.period is not None and args.periods is None:
         cfg["periods"] = (args.period,)
-    if args.steps is not None:
-        cfg["epochs"] = args.steps
+    if args.steps is not None or args.epochs is not None:
+        cfg["epochs"] = args.epochs if args.epochs is not None else args.steps
     processes = args.processes or (1 if args.quick else None)
     result = overparam.run(data=args.data, model=args.model, processes=processes,
                            progress=not args.no_progress, **cfg)
@@ -194,7 +202,11 @@ def main(argv=None):
     if getattr(args, "learning_rate", None) is not None and not args.learning_rate > 0:
         raise SystemExit(f"keras-dynloss: error: --learning-rate must be > 0, "
                          f"got {args.learning_rate}")
-    for name in ("steps", "period", "width", "probe_every", "train_size", "test_size"):
+    if getattr(args, "momentum", None) is not None and not 0 <= args.momentum < 1:
+        raise SystemExit(f"keras-dynloss: error: --momentum must be in [0, 1), "
+                         f"got {args.momentum}")
+    for name in ("steps", "period", "width", "probe_every", "train_size", "test_size",
+                 "epochs", "batch_size"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "probe_every" else 1):
             raise SystemExit(f"keras-dynloss: error: --{name.replace('_', '-')} must be "

@@ -1,6 +1,8 @@
 """The command line: every subcommand end to end with tiny settings."""
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from keras_dynloss import cli
+from keras_dynloss.datasets import FASHION_MNIST_DIRS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -158,7 +161,50 @@ def test_overparam_quick(tmp_path, capsys):
         assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1
     # A=1 is cross-entropy, run once per seed and independent of the period.
     assert [r["period"] for r in res["rows"] if r["amplitude"] == 1] == [None]
-    assert "A \\ period" in capsys.readouterr().out
+    assert res["config"]["parameters"] == 784 * 32 + 32 + 32 * 10 + 10
+    (cmp,) = res["comparison"]
+    assert cmp["n_x"] == 1 and cmp["n_y"] == 1 and cmp["amplitude"] == 10.0
+    assert "| A | period (epochs) | n |" in capsys.readouterr().out
+
+
+def test_overparam_comparison_by_hand():
+    from keras_dynloss.experiments import overparam
+
+    rows = [dict(amplitude=1.0, period=None, seed=s, test_acc=v, train_acc=1.0)
+            for s, v in enumerate([0.80, 0.81, 0.82])]
+    rows += [dict(amplitude=10.0, period=p, seed=s, test_acc=v + (p == 2) * 0.005,
+                  train_acc=0.99) for p in (1, 2) for s, v in enumerate([0.805, 0.84, 0.85])]
+    c1, c2 = overparam.compare(rows, (1, 2))
+    # period 1: 0.805 beats 0.80 only; 0.84, 0.85 beat all three: U = 7 of 9;
+    # exact null counts of U = 7, 8, 9 (n = 3, 3) are 2, 1, 1 of 20: p = 2 * 4/20
+    assert (c1["u"], c1["pvalue"]) == (7.0, pytest.approx(0.4))
+    # period 2: 0.81 beats 0.80 and ties 0.81 -> U = 7.5; one tied pair:
+    # σ² = 9/12 (7 - 6/30) = 5.1, z = (3 - ½)/√5.1, p = erfc(z/√2) ≈ 0.268
+    p2 = math.erfc(2.5 / math.sqrt(5.1) / math.sqrt(2))
+    assert c2["u"] == 7.5 and c2["method"] == "asymptotic"
+    assert c2["pvalue"] == pytest.approx(p2, rel=1e-10)
+    # Holm: 2 p2 ≈ 0.537 first, then max(0.537, 0.4)
+    assert c1["pvalue_holm"] == pytest.approx(2 * p2) == c2["pvalue_holm"]
+    assert not c1["significant"]
+    summary = overparam.summarize(rows, (1, 2))
+    assert [s["n"] for s in summary] == [3, 3, 3, 3]
+    assert summary[2]["test"]["median"] == pytest.approx(0.84)
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIRS[0]),
+                    reason="needs Debian's dataset-fashion-mnist")
+def test_overparam_myrtle_offline(tmp_path):
+    cli.main(["overparam", "--quick", "--model", "myrtle", "--data", "offline", "--width", "4",
+              "--train-size", "100", "--test-size", "50", "--batch-size", "25",
+              "--momentum", "0.9", "--out", str(tmp_path), "--no-progress"])
+    res = _outputs(tmp_path, "overparam")
+    cfg = res["config"]
+    assert cfg["model"] == "Myrtle CNN, width 4" and cfg["momentum"] == 0.9
+    assert cfg["data"].startswith("offline") and cfg["preprocessing"].startswith("(x - ")
+    # 3x3 convolutions 1->4, 4->4 (x3) with biases, then Dense(10)
+    assert cfg["parameters"] == (9 * 4 + 4) + 3 * (9 * 16 + 4) + (4 * 10 + 10)
+    with pytest.raises(SystemExit):
+        cli.main(["overparam", "--momentum", "1.5"])
 
 
 def test_overparam_any_tfds_set_with_myrtle_cnn(tmp_path):

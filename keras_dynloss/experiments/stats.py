@@ -172,8 +172,8 @@ def holm(pvalues):
     """Holm–Bonferroni adjusted p-values of a family of tests.
 
     Sorted ascending ``p_(1) ≤ … ≤ p_(m)``:
-    ``p̃_(k) = max_{j ≤ k} min(1, (m - j + 1) p_(j))``, returned in the input order. Rejecting where ``p̃ < α`` controls the
-    family-wise error rate at α.
+    ``p̃_(k) = max_{j ≤ k} min(1, (m - j + 1) p_(j))``, returned in the input order.
+    Rejecting where ``p̃ < α`` controls the family-wise error rate at α.
 
     Args:
         pvalues: shape (m,), values in [0, 1].
