@@ -15,6 +15,7 @@ the cells compared (:mod:`~keras_dynloss.experiments.stats`).
 """
 
 import json
+import math
 import os
 import time
 import warnings
@@ -46,7 +47,8 @@ def _one(**job):
     res = train_spiral(**job)
     return dict(loss=job["loss"], width=res["width"], amplitude=res["amplitude"],
                 seed=res["seed"], final_acc=res["final_acc"], val_acc=res.get("val_acc"),
-                final_loss=res["final_loss"], seconds=res["seconds"])
+                final_loss=res["final_loss"], diverged=not math.isfinite(res["final_loss"]),
+                seconds=res["seconds"])
 
 
 def run(*, widths=DEFAULTS["widths"], amplitudes=DEFAULTS["amplitudes"],
@@ -65,7 +67,7 @@ def run(*, widths=DEFAULTS["widths"], amplitudes=DEFAULTS["amplitudes"],
 
     Returns:
         A dict with ``config`` (with the git commit), ``rows`` (``{loss, width,
-        amplitude, seed, final_acc, val_acc, final_loss, seconds}``, one per
+        amplitude, seed, final_acc, val_acc, final_loss, diverged, seconds}``, one per
         run), ``summary`` (:func:`summarize`), ``amplitude_comparison``
         (:func:`compare_amplitudes`) and ``seconds``.
     """
@@ -186,6 +188,12 @@ def table(result):
         cells = [str(s["width"]), cell_label(loss, s["amplitude"]), str(s["train"]["n"]),
                  *_cell(s["train"]), *_cell(s["val"])]
         lines.append("| " + " | ".join(cells) + " |")
+    diverged = [r for r in result["rows"] if r.get("diverged")]
+    if diverged:
+        lines += ["", f"{len(diverged)} run(s) ended with a non-finite loss (counted with "
+                  "their final accuracy): " + ", ".join(
+                      f"width {r['width']} A={r['amplitude']:g} seed {r['seed']}"
+                      for r in diverged)]
     cmp = result.get("amplitude_comparison") or []
     if cmp:
         lines += ["", "Dynamical vs static at the same width (two-sided Mann–Whitney U, "
