@@ -21,14 +21,16 @@ def provenance():
 
     ``git_commit`` is ``git rev-parse --short HEAD`` of the checkout holding the
     package (None outside a git checkout); ``git_dirty`` says whether
-    ``keras_dynloss/`` had uncommitted changes when the run started.
+    ``keras_dynloss/`` had uncommitted changes to tracked files when the run
+    started.
     """
     import keras
     import numpy as np
     import tensorflow as tf
 
     commit = _git("rev-parse", "--short", "HEAD")
-    status = _git("status", "--porcelain", "--", "keras_dynloss") if commit else None
+    status = (_git("status", "--porcelain", "--untracked-files=no", "--", "keras_dynloss")
+              if commit else None)
     return dict(git_commit=commit, git_dirty=None if status is None else bool(status),
                 versions=dict(tensorflow=tf.__version__, keras=keras.__version__,
                               numpy=np.__version__))
