@@ -322,7 +322,7 @@ class CurvatureProbe(keras.callbacks.Callback):
     def _values(self, out):
         out = tf.nest.map_structure(lambda t: t.numpy(), {k: v for k, v in out.items()})
         values = _records.float_values(
-            out, prefix=self.prefix, top_k=self.top_k, layer_names=[n for n, _ in self._graph.layers],
+            out, prefix=self.prefix, top_k=self.top_k, layer_names=[layer[0] for layer in self._graph.layers],
             trace=self.trace, ntk=self.ntk, eos=self._eos_kind == "adam")
         main = out["main"]
         if int(main["breakdowns"]) and self._graph.flat.size > int(main["steps"]):

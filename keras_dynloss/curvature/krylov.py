@@ -42,6 +42,25 @@ def tridiagonal(alphas, betas, steps):
     return tf.linalg.diag(a) + tf.linalg.diag(b, k=1) + tf.linalg.diag(b, k=-1)
 
 
+def _padded_eigh(alphas, betas, steps):
+    """Eigenpairs of `T_steps`, computed on the static `(m, m)` matrix.
+
+    Rows `>= steps` are decoupled and given a diagonal below `-3 max|T|`, under
+    every eigenvalue of `T_steps` (whose norm is at most `3 max|T|`): the top
+    `steps` eigenvalues (descending) are those of `T_steps`, their eigenvectors
+    zero beyond row `steps`. Static shapes keep the loop XLA-compilable.
+    """
+    m = alphas.shape[0]
+    idx = tf.range(m)
+    live = idx < steps
+    scale = tf.reduce_max(tf.abs(tf.where(live, alphas, 0.0))) + tf.reduce_max(tf.abs(betas))
+    diag = tf.where(live, alphas, -4.0 * scale - 1.0)
+    off = tf.where(idx[:-1] < steps - 1, betas[:-1], 0.0)
+    t = tf.linalg.diag(diag) + tf.linalg.diag(off, k=1) + tf.linalg.diag(off, k=-1)
+    theta, s = tf.linalg.eigh(t)
+    return theta[::-1], s[:, ::-1]
+
+
 def ritz(run, k=1):
     """Top-`k` Ritz pairs of a `LanczosRun` (largest first).
 
@@ -50,16 +69,17 @@ def ritz(run, k=1):
         residual `||A u - theta u|| = beta_last |s_last|` for unit `u` costs no
         product. With fewer than `k` steps the missing entries are NaN / zero.
     """
-    steps = run.steps
-    theta, s = tf.linalg.eigh(tridiagonal(run.alphas, run.betas, steps))
-    theta, s = theta[::-1], s[:, ::-1]
-    last = run.betas[steps - 1]
-    have = tf.minimum(steps, k)
-    pad = k - have
-    values = tf.concat([theta[:have], tf.fill([pad], tf.constant(np.nan, tf.float64))], 0)
-    residuals = tf.concat([tf.abs(last * s[steps - 1, :have]), tf.fill([pad], tf.constant(np.nan, tf.float64))], 0)
-    vectors = tf.linalg.matmul(run.basis[:steps], s[:, :have], transpose_a=True)
-    vectors = tf.concat([vectors, tf.zeros([tf.shape(vectors)[0], pad], tf.float64)], 1)
+    m = run.alphas.shape[0]
+    theta, s = _padded_eigh(run.alphas, run.betas, run.steps)
+    if k > m:  # more pairs asked than the basis holds: NaN beyond
+        theta = tf.concat([theta, tf.zeros([k - m], tf.float64)], 0)
+        s = tf.concat([s, tf.zeros([m, k - m], tf.float64)], 1)
+    theta, s = theta[:k], s[:, :k]
+    real = tf.range(k) < tf.minimum(run.steps, m)
+    nan = tf.constant(np.nan, tf.float64)
+    values = tf.where(real, theta, nan)
+    residuals = tf.where(real, tf.abs(run.betas[run.steps - 1] * s[run.steps - 1]), nan)
+    vectors = tf.linalg.matmul(run.basis, tf.where(real[None, :], s, 0.0), transpose_a=True)
     return values, residuals, vectors
 
 
@@ -99,10 +119,11 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
     tol = tf.constant(0.0 if tol is None else tol, tf.float64)
 
     def converged(alphas, betas, j):
-        theta, s = tf.linalg.eigh(tridiagonal(alphas, betas, j + 1))
-        top = tf.minimum(j + 1, k)
-        res = tf.abs(betas[j] * s[j, -top:])
-        return tf.reduce_all(res <= tol * tf.maximum(tf.abs(theta[-top:]), _TINY))
+        theta, s = _padded_eigh(alphas, betas, j + 1)
+        watched = tf.range(k) < j + 1
+        res = tf.abs(betas[j] * s[j, :k])
+        ok = res <= tol * tf.maximum(tf.abs(theta[:k]), _TINY)
+        return tf.reduce_all(tf.logical_or(ok, tf.logical_not(watched)))
 
     def body(j, q, q_prev, beta_prev, basis, alphas, betas, breaks, done):
         basis = tf.tensor_scatter_nd_update(basis, [[j]], q[None])
