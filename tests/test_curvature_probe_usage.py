@@ -135,3 +135,22 @@ def test_csv_stream_equals_history(tmp_path, spiral):
     for key, column in kept.history.items():
         np.testing.assert_allclose([float(r[key]) for r in rows], column, rtol=1e-12)
     assert streamed.latest == {k: v[-1] for k, v in kept.history.items() if k not in ("step", "epoch")}
+
+
+def test_csv_and_history_keep_columns_aligned_when_a_key_appears(tmp_path):
+    from keras_dynloss.curvature._records import Recorder
+
+    for path in (None, tmp_path / "r.csv"):
+        rec = Recorder(path)
+        rec.record({"step": 0, "a": 1.0})
+        rec.record({"step": 1, "a": 2.0, "b": 5.0})
+        rec.record({"step": 2, "b": 6.0})
+        if path is None:
+            table = rec.history
+        else:
+            with open(path) as f:
+                rows = list(csv.DictReader(f))
+            table = {k: [float(r[k]) for r in rows] for k in rows[0]}
+        np.testing.assert_array_equal(table["step"], [0, 1, 2])
+        np.testing.assert_array_equal(table["a"], [1.0, 2.0, np.nan])
+        np.testing.assert_array_equal(table["b"], [np.nan, 5.0, 6.0])

@@ -27,17 +27,27 @@ class Recorder:
 
     def record(self, row):
         if self.csv_path is None:
-            for key, value in row.items():
-                self.history.setdefault(key, []).append(value)
+            rows = len(self.history.get("step", []))
+            for key, value in row.items():  # a key new in this row: NaN before
+                self.history.setdefault(key, [float("nan")] * rows).append(value)
+            for key, column in self.history.items():  # a key missing here: NaN
+                if key not in row:
+                    column.append(float("nan"))
             return
         first = self._columns is None
-        if first:
-            self._columns = list(row)
-        with open(self.csv_path, "w" if first else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._columns, restval="nan", extrasaction="ignore")
-            if first:
+        new = [key for key in row if not first and key not in self._columns]
+        if first or new:  # (re)write the header; earlier rows get NaN in new columns
+            earlier = []
+            if new:
+                with open(self.csv_path, newline="") as f:
+                    earlier = list(csv.DictReader(f))
+            self._columns = list(row) if first else self._columns + new
+            with open(self.csv_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self._columns, restval="nan")
                 writer.writeheader()
-            writer.writerow(row)
+                writer.writerows(earlier)
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self._columns, restval="nan").writerow(row)
 
 
 def float_values(out, *, prefix, top_k, layer_names, trace, ntk, eos):

@@ -229,10 +229,8 @@ class CurvatureProbe(keras.callbacks.Callback):
         if found is None:
             self._warn_once("eos", "CurvatureProbe: `eos_ratio` is defined for keras.optimizers.SGD, Adam and "
                             f"AdamW; not logged for {type(opt).__name__}.")
-        elif found == "adam" and not opt.built:
-            self._warn_once("eos-built", "CurvatureProbe: the Adam optimizer has no slots yet (not built); "
-                            "`eos_ratio` is logged once it is.")
-            return None, None
+        elif found == "adam" and not opt.built:  # no slots yet: NaN until it is built
+            return "adam-unbuilt", opt
         return found, opt
 
     def _trace_key(self):
@@ -324,12 +322,14 @@ class CurvatureProbe(keras.callbacks.Callback):
         values = _records.float_values(
             out, prefix=self.prefix, top_k=self.top_k, layer_names=[layer[0] for layer in self._graph.layers],
             trace=self.trace, ntk=self.ntk, eos=self._eos_kind == "adam")
+        if self._eos_kind == "adam-unbuilt":
+            values["preconditioned_max_eig"] = values["preconditioned_max_eig_residual"] = float("nan")
         main = out["main"]
         if int(main["breakdowns"]) and self._graph.flat.size > int(main["steps"]):
             self._warn_once("breakdown", "CurvatureProbe: Lanczos breakdown (invariant Krylov subspace); the "
                             "iteration restarted from a random vector.")
         if self._eos_kind is not None:
-            curvature = values["preconditioned_max_eig"] if self._eos_kind == "adam" else values[
+            curvature = values["preconditioned_max_eig"] if self._eos_kind.startswith("adam") else values[
                 f"{self.prefix}_max_eig"]
             values[EOS_RATIO] = curvature / eos_lib.threshold(self._optimizer_in_use())
         return values

@@ -47,7 +47,10 @@ def kind(optimizer):
 
 
 def _value(x):
-    return float(np.asarray(tf.convert_to_tensor(x)))
+    """A hyperparameter as a Python float (no float32 round trip for numbers)."""
+    if isinstance(x, (int, float)):
+        return float(x)
+    return float(np.asarray(x.numpy() if hasattr(x, "numpy") else x))
 
 
 def threshold(optimizer):
