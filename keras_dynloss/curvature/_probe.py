@@ -78,7 +78,7 @@ class ProbeGraph:
         replicas = self.config["replicas"]
         dtype = flat.dtype
         if replicas is not None:
-            return replicas.matvec(flat, product)
+            return replicas.matvec(flat, product, x, y, sw)
         theta = flat.read()
 
         def mv(v):

@@ -255,8 +255,7 @@ class CurvatureProbe(keras.callbacks.Callback):
             noise=self.warm_start_noise, trace_samples=self.trace_samples if self.trace else 0,
             ntk=self.ntk, ntk_order=self.ntk_order, ntk_trace_outputs=self.ntk_trace_outputs,
             eos_optimizer=opt if kind == "adam" else None,
-            replicas=distributed.sharded_products(self.model, self._probe_loss(loss), self.operator,
-                                                  self.hvp_mode, self.training),
+            replicas=distributed.sharded_products(self.model),
         )
         self._graph = _probe.ProbeGraph(self.model, self._probe_loss(loss), config, x)
         self._starts = self._graph.initial_starts()

@@ -1,6 +1,79 @@
-"""Curvature products across the replicas of a `tf.distribute.MirroredStrategy`."""
+"""Curvature products across the replicas of a `tf.distribute.MirroredStrategy`.
+
+Under a one-machine `MirroredStrategy` with `R > 1` replicas, each Hessian (or
+Gauss-Newton) product of the probe runs on every replica's device on its shard
+of the probe batch (`N_r` rows, contiguous, sizes differing by at most one) and
+the shards are summed across devices:
+
+    A v = sum_r N_r A_r v / N,
+
+`A_r` the operator of shard `r`'s mean loss. For a loss that is a mean over
+samples (Keras's default `sum_over_batch_size`, sample weights included) this
+is exactly the operator of the whole batch; added losses (regularisers) enter
+each shard whole and sum to weight 1. With `training=True`, BatchNormalization
+uses per-shard statistics, as it does when training under the strategy. The
+Lanczos loop itself runs once, in cross-replica context. NTK products run on
+the default device (not sharded). Multi-worker strategies are not sharded: the
+probe computes locally there (see `CurvatureProbe`).
+"""
+
+import tensorflow as tf
+
+from keras_dynloss import _checks as val
 
 
-def sharded_products(model, loss, operator, mode, training):
-    """`None` unless the model lives under a multi-replica MirroredStrategy."""
+def _strategy(model):
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
+        return strategy
     return None
+
+
+def sharded_products(model):
+    """A `ShardedProducts` when `model` lives under a multi-replica
+    `MirroredStrategy`, else `None`."""
+    strategy = _strategy(model)
+    return None if strategy is None else ShardedProducts(strategy)
+
+
+class ShardedProducts:
+    """Builds device-sharded matvecs for a `MirroredStrategy` (see module).
+
+    The products are placed explicitly on the strategy's devices
+    (`strategy.extended.worker_devices`) from the probe's cross-replica
+    function rather than through `strategy.run`: inside a replica context
+    Keras divides mean losses by the number of replicas, which would silently
+    scale the operator.
+    """
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self.devices = list(strategy.extended.worker_devices)
+        self.replicas = len(self.devices)
+
+    def matvec(self, flat, product, x, y, sw):
+        """`v -> A v` (float64), `product(theta, v, x, y, sw) -> (A v, L)`."""
+        replicas = self.replicas
+        static = tf.nest.flatten(x)[0].shape[0]
+        if static is not None and static < replicas:
+            raise val.invalid("data", f"a probe batch of at least {replicas} samples (one per replica)",
+                              f"<batch of {static}>")
+        n = tf.shape(tf.nest.flatten(x)[0])[0]
+        base, extra = n // replicas, n % replicas
+
+        def shard(t, start, size):
+            return None if t is None else tf.nest.map_structure(lambda a: a[start:start + size], t)
+
+        def mv(v):
+            theta = flat.read()
+            parts = []
+            for r, device in enumerate(self.devices):
+                with tf.device(device):
+                    start = r * base + tf.minimum(r, extra)
+                    size = base + tf.cast(r < extra, tf.int32)
+                    hv = product(theta, tf.cast(v, flat.dtype), shard(x, start, size), shard(y, start, size),
+                                 shard(sw, start, size))[0]
+                    parts.append(tf.cast(hv, tf.float64) * tf.cast(size, tf.float64))
+            return tf.add_n(parts) / tf.cast(n, tf.float64)
+
+        return mv
