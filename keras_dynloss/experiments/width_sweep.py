@@ -267,7 +267,7 @@ def plot(result, path, reference=None):
                         color=f"C{i}", ls="-" if name == "ours" else "none",
                         marker="_", ms=14 if name == "ours" else 22, mew=2,
                         label=(f"{label} (median)" if name == "ours"
-                               else f"reference {label} (median)"))
+                               else f"reference {label} (x: seeds, bar: median)"))
         ax.set_xticks(range(len(widths)), [str(w) for w in widths])
         ax.set_xlabel("hidden width")
         ax.set_ylabel(ylabel)
