@@ -13,6 +13,12 @@ With ``shape="triangular"`` (the paper's), ``h(φ) = 1 - |2φ - 1|``: the emphas
 class's raw weight rises linearly from 1 at the period's start to ``A`` at
 ``T/2`` and falls back to 1. With ``A = 70, C = 3`` the peak weights are
 ``3·70/72 = 2.917`` and ``3/72 = 0.042``. From ``static_after`` on, ``Γ ≡ 1``.
+
+The functions that build graph code are marked
+``tf.autograph.experimental.do_not_convert``: they have no tensor-dependent
+Python control flow, and AutoGraph converts a function by re-reading its source
+file from disk, so a source file edited while a process runs (an editable
+install) would otherwise trace the wrong code into a ``tf.function``.
 """
 
 import math
@@ -33,16 +39,19 @@ from keras_dynloss._checks import (
 __all__ = ["ClassWeightSchedule", "triangular", "sine", "square", "PROFILES"]
 
 
+@tf.autograph.experimental.do_not_convert
 def triangular(phase):
     """Triangle profile ``h(φ) = 1 - |2φ - 1|``: 0 at the period's ends, 1 at T/2."""
     return 1.0 - tf.abs(2.0 * phase - 1.0)
 
 
+@tf.autograph.experimental.do_not_convert
 def sine(phase):
     """Smooth profile ``h(φ) = sin(π φ)``: same endpoints and peak as the triangle."""
     return tf.sin(math.pi * phase)
 
 
+@tf.autograph.experimental.do_not_convert
 def square(phase):
     """Constant profile ``h(φ) = 1``: the emphasised class holds ``A`` all period."""
     return tf.ones_like(phase)
@@ -94,9 +103,10 @@ class ClassWeightSchedule:
         shape: ``"triangular"`` (the paper's), ``"sine"``, ``"square"``, or a
             callable ``h(phase) -> tensor`` mapping a phase tensor in [0, 1)
             (float64 when Γ is asked for in float64, else float32) to values in
-            [0, 1] of the same shape. A custom callable must
-            be registered with ``keras.saving.register_keras_serializable`` to
-            survive ``model.save``.
+            [0, 1] of the same shape, built from tensor ops (it is called
+            without AutoGraph: ``tf.where``, not a Python ``if`` on tensors).
+            A custom callable must be registered with
+            ``keras.saving.register_keras_serializable`` to survive ``model.save``.
         normalize: rescale so that ``Σ_i Γ_i = C``.
         class_order: ``"cyclic"`` (period k emphasises group ``k mod G``),
             ``"random"`` (a fresh seeded permutation of the classes each cycle of
@@ -202,6 +212,7 @@ class ClassWeightSchedule:
 
     # -- the schedule ----------------------------------------------------
 
+    @tf.autograph.experimental.do_not_convert
     def emphasis(self, period_index):
         """0/1 mask of the emphasised classes, shape ``period_index.shape + (C,)``.
 
@@ -225,6 +236,7 @@ class ClassWeightSchedule:
             tf.equal(group_of_class, tf.cast(slot, tf.int32)[..., None]), tf.float32
         )
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, step, dtype="float32"):
         """Γ(step) as a tensor of shape ``step.shape + (C,)``.
 
@@ -261,6 +273,7 @@ class ClassWeightSchedule:
                 self._tables[key] = self.formula(steps, dtype, static=False)
         return self._tables[key]
 
+    @tf.autograph.experimental.do_not_convert
     def formula(self, step, dtype="float32", static=True):
         """Γ(step) computed from its definition (see the class docstring)."""
         dtype = tf.as_dtype(dtype)

@@ -1,5 +1,11 @@
 """ClassWeightSchedule against an independent NumPy re-derivation of Γ(t)."""
 
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -66,6 +72,37 @@ def test_inside_tf_function_and_xla():
         want = s.weights_at(t)
         np.testing.assert_allclose(plain(tf.constant(t, tf.int64)).numpy(), want, rtol=1e-6)
         np.testing.assert_allclose(xla(tf.constant(t, tf.int64)).numpy(), want, rtol=1e-6)
+
+
+_EDIT_AFTER_IMPORT = """
+import json, pathlib, sys
+sys.path.insert(0, sys.argv[1])
+import tensorflow as tf
+import keras_dynloss as kd
+assert kd.__file__.startswith(sys.argv[1]), kd.__file__
+for path in pathlib.Path(kd.__file__).parent.glob("*.py"):  # a colleague's edit lands
+    path.write_text("# edited\\n" * 7 + path.read_text())
+s = kd.ClassWeightSchedule(5, amplitude=20, period=11, shape="sine")
+traced = tf.function(lambda t: s(t))
+print(json.dumps([traced(tf.constant(t, tf.int64)).numpy().tolist() for t in STEPS]))
+"""
+
+
+def test_traced_schedule_ignores_source_edited_after_import(tmp_path):
+    """Regression: AutoGraph re-read the edited source file at trace time and
+    traced the function above ``__call__`` (the 0/1 emphasis mask)."""
+    package = pathlib.Path(__import__("keras_dynloss").__file__).parent
+    shutil.copytree(package, tmp_path / "keras_dynloss",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    steps = [0, 5, 27, 60]
+    script = tmp_path / "edit_after_import.py"  # a file: AutoGraph skips `-c` code
+    script.write_text(_EDIT_AFTER_IMPORT.replace("STEPS", repr(steps)))
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    want = [numpy_gamma(t, 5, 20, 11, "sine") for t in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_amplitude_one_is_exactly_one():
