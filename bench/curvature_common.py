@@ -10,17 +10,10 @@ import numpy as np  # noqa: E402
 
 
 def spiral(points_per_arm=100, arms=3, seed=0):
-    """CS231n spiral: `arms` interleaved arms of `points_per_arm` 2-D points."""
-    rng = np.random.default_rng(seed)
-    x = np.zeros((points_per_arm * arms, 2), np.float32)
-    y = np.zeros(points_per_arm * arms, np.int64)
-    for j in range(arms):
-        ix = slice(points_per_arm * j, points_per_arm * (j + 1))
-        r = np.linspace(0.0, 1.0, points_per_arm)
-        t = np.linspace(j * 4, (j + 1) * 4, points_per_arm) + rng.standard_normal(points_per_arm) * 0.2
-        x[ix] = np.c_[r * np.sin(t), r * np.cos(t)]
-        y[ix] = j
-    return x, y
+    """The package's spiral (`keras_dynloss.datasets.spiral`): x float32, y int."""
+    from keras_dynloss.datasets import spiral as package_spiral
+
+    return package_spiral(points_per_arm, arms, seed=seed)
 
 
 def spiral_mlp(width=100, seed=0):

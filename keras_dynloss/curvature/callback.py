@@ -134,7 +134,7 @@ class CurvatureProbe(keras.callbacks.Callback):
 
     def __init__(self, data, *, every_n_steps=None, every_n_epochs=None, loss=None, operator="hessian",
                  variables=None, per_layer=False, top_k=1, lanczos_order=20, tol=1e-3, warm_start=True,
-                 warm_start_noise=0.1, trace=False, trace_samples=10, ntk=False, ntk_order=10,
+                 warm_start_noise=0.01, trace=False, trace_samples=10, ntk=False, ntk_order=10,
                  ntk_trace_outputs=True, eos_ratio=True, probe_at_start=True, hvp_mode="reverse_over_reverse",
                  training=False, seed=0, optimizer=None, csv_path=None):
         super().__init__()
@@ -303,9 +303,11 @@ class CurvatureProbe(keras.callbacks.Callback):
             self._key = key
         seed = tf.constant([self.seed, self._count], tf.int64)
         starts = self._starts if self.warm_start else self._graph.initial_starts()
-        out = errors.run_guarded(self.model, self._graph.fn, x, y, sw, starts, seed,
-                                 probes=errors.output_probes(self._graph.flat, x))
-        self._starts = {name: out[name]["next"] for name in self._starts if name in out}
+        summary, starts = errors.run_guarded(
+            self.model, self._graph, x, y, sw, starts, seed, fixed_shapes=not self.stochastic,
+            probes=errors.output_probes(self._graph.flat, x))
+        self._starts = starts
+        out = self._graph.unpack(summary.numpy())
         values = self._values(out)
         row = {"step": step, "epoch": self._epoch}
         if self.stochastic:
@@ -317,7 +319,6 @@ class CurvatureProbe(keras.callbacks.Callback):
         return values
 
     def _values(self, out):
-        out = tf.nest.map_structure(lambda t: t.numpy(), {k: v for k, v in out.items()})
         values = _records.float_values(
             out, prefix=self.prefix, top_k=self.top_k, layer_names=[layer[0] for layer in self._graph.layers],
             trace=self.trace, ntk=self.ntk, eos=self._eos_kind == "adam")

@@ -107,10 +107,10 @@ def output_probes(flat, x):
     ]
 
 
-def run_guarded(model, fn, *args, probes=()):
-    """Calls `fn(*args)`, mapping missing-gradient errors to a clear error."""
+def run_guarded(model, fn, *args, probes=(), **kwargs):
+    """Calls `fn(*args, **kwargs)`, mapping missing-gradient errors to a clear error."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except NotTwiceDifferentiableError:
         raise
     except Exception as error:  # StagingError, LookupError, ...

@@ -1,0 +1,173 @@
+"""Curvature probes at scale: a small ResNet-style CNN and a >= 1M-parameter MLP.
+
+CNN (the setup of issue 8): 28x28x1 inputs (Fashion-MNIST when
+`keras_dynloss.datasets.fashion_mnist` finds it, else random images), stem
+conv 20 + BatchNorm, two residual blocks (20 channels at 28x28; 40 channels at
+14x14, strided, 1x1 projection), global average pooling, Dense(10): 30.7k
+parameters (the issue's network had 28.5k). Probe batch 256; training batch
+256, `SGD(0.05, momentum=0.9)`.
+
+Measured, on the same batch and machine:
+* training step: median seconds of `model.train_on_batch`;
+* `CurvatureProbe(lanczos_order=10, ntk=True, ntk_order=10)` (defaults
+  otherwise: warm start, tol 1e-3): the first probe (build + trace + run) and
+  the median steady probe, each steady probe after 25 training steps, both
+  for the Hessian alone and for Hessian + traced NTK; the steady probe in
+  training steps (goal: first <= 20 s, steady Hessian + NTK <= 40 steps);
+* peak RSS growth during a probe (psutil, sampled), vs `(order + 4) n 8` bytes.
+
+MLP: 784-1024-1024-10 (1.86M parameters), the same measurements for the
+Hessian probe, and `ntk_eigenvalues` on 256 inputs, which above
+`DENSE_NTK_MAX_BYTES` (256 MiB of Jacobian) runs matrix-free by default.
+
+Run: PYTHONPATH=. python bench/curvature_scale.py
+"""
+
+import argparse
+import os
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from keras_dynloss.curvature import CurvatureProbe, ntk_eigenvalues  # noqa: E402
+from keras_dynloss.curvature.api import DENSE_NTK_MAX_BYTES  # noqa: E402
+
+
+def resnet_cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+
+    def conv_bn(h, filters, strides=1, relu=True):
+        h = layers.Conv2D(filters, 3, strides=strides, padding="same")(h)
+        h = layers.BatchNormalization()(h)
+        return layers.ReLU()(h) if relu else h
+
+    inputs = keras.Input((28, 28, 1))
+    h = conv_bn(inputs, 20)  # 28x28
+    r = conv_bn(conv_bn(h, 20), 20, relu=False)
+    h = layers.ReLU()(layers.Add()([h, r]))
+    r = conv_bn(conv_bn(h, 40, strides=2), 40, relu=False)  # 14x14
+    skip = layers.Conv2D(40, 1, strides=2)(h)
+    h = layers.ReLU()(layers.Add()([skip, r]))
+    h = layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, layers.Dense(10)(h))
+
+
+def big_mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((784,)), keras.layers.Dense(1024, activation="relu"),
+                             keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(10)])
+
+
+def data(n=4096):
+    try:
+        from keras_dynloss.datasets import fashion_mnist
+
+        x, y = fashion_mnist("train", num_samples=n)
+        return x.reshape(-1, 28, 28, 1).astype("float32"), y
+    except Exception:  # no Fashion-MNIST here: random images
+        rng = np.random.default_rng(0)
+        return rng.uniform(size=(n, 28, 28, 1)).astype("float32"), rng.integers(0, 10, n)
+
+
+class PeakRSS:
+    """Samples the process RSS every 5 ms while active."""
+
+    def __enter__(self):
+        self.proc, self.base, self.peak, self.run = psutil.Process(), 0, 0, True
+        self.base = self.peak = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.run:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.run = False
+        self.thread.join()
+
+    @property
+    def growth(self):
+        return self.peak - self.base
+
+
+def measure(model, x, y, probe_kwargs, steps_between=25, probes=4):
+    n = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    xb, yb = x[:256], y[:256]
+    model.train_on_batch(xb, yb)
+    step_times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        model.train_on_batch(xb, yb)
+        step_times.append(time.perf_counter() - t0)
+    probe = CurvatureProbe((xb, yb), **probe_kwargs)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        probe.probe(model)
+        first = time.perf_counter() - t0
+    steady = []
+    for i in range(probes):
+        for j in range(steps_between):
+            s = (i * steps_between + j) * 256 % (len(x) - 256)
+            t0 = time.perf_counter()
+            model.train_on_batch(x[s:s + 256], y[s:s + 256])
+            step_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        probe.probe(model)
+        steady.append(time.perf_counter() - t0)
+    step = float(np.median(step_times))
+    return dict(n=n, step=step, first=first, steady=float(np.median(steady)), history=probe.history,
+                rss_growth=mem.growth, bound=(probe_kwargs.get("lanczos_order", 20) + 4) * n * 8)
+
+
+def report(name, r, ntk):
+    h = r["history"]
+    print(f"  {name}: first probe {r['first']:.1f} s; steady probe {r['steady']:.2f} s = "
+          f"{r['steady'] / r['step']:.1f} training steps ({r['step'] * 1e3:.0f} ms/step); "
+          f"HVPs/probe {h['hessian_matvecs']}" + (f", NTK products/probe {h['ntk_matvecs']}" if ntk else ""))
+    print(f"     lambda_max {h['hessian_max_eig'][-1]:.4g} (residual {h['hessian_max_eig_residual'][-1]:.1e})"
+          + (f", NTK lambda_max {h['ntk_max_eig'][-1]:.4g} (residual {h['ntk_max_eig_residual'][-1]:.1e})"
+             if ntk else "")
+          + f"; peak RSS growth in the first probe {r['rss_growth'] / 2**20:.0f} MiB "
+            f"(Lanczos bound (order+4)*n*8 = {r['bound'] / 2**20:.1f} MiB + one backward pass)")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--probes", type=int, default=4)
+    parser.add_argument("--skip-mlp", action="store_true")
+    args = parser.parse_args()
+    x, y = data()
+    print(f"ResNet-style CNN, probe batch 256 of 28x28x1, n={resnet_cnn().count_params()} parameters "
+          f"({sum(int(np.prod(v.shape)) for v in resnet_cnn().trainable_variables)} trainable)")
+    kwargs = dict(lanczos_order=10, eos_ratio=False)
+    report("Hessian (order <= 10)", measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=False)
+    kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, eos_ratio=False)
+    report("Hessian + traced NTK (orders <= 10)", measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
+    if args.skip_mlp:
+        return
+    xm = x.reshape(len(x), -1)
+    model = big_mlp()
+    print(f"MLP 784-1024-1024-10, n={model.count_params()} parameters, probe batch 256")
+    report("Hessian (order <= 10)", measure(model, xm, y, dict(lanczos_order=10, eos_ratio=False),
+                                             probes=args.probes), ntk=False)
+    jac_bytes = 256 * 10 * model.count_params() * 8
+    t0 = time.perf_counter()
+    res = ntk_eigenvalues(model, xm[:256], order=10)
+    print(f"  ntk_eigenvalues(256 inputs): Jacobian would be {jac_bytes / 2**30:.1f} GiB > "
+          f"{DENSE_NTK_MAX_BYTES / 2**20:.0f} MiB, so method={res.method!r}: lambda_max "
+          f"{res.eigenvalues[0]:.4g} (residual {res.residuals[0]:.1e}) in {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
