@@ -2,67 +2,77 @@
 
 The loss-only Fig. 4 run: spiral (300 points), Dense(100)-ReLU-Dense(3),
 full-batch GD with η = 1, DynamicalLoss(A=70, T=5000, last period static),
-70000 steps. Two ways, same process, same initial weights:
+``--steps`` steps. Three ways, same process, same initial weights, timed
+alternately ``--runs`` times after one untimed warm-up (trace / compile) each:
 
-* ``fit``: ``model.fit`` over ``tf.data.Dataset.from_tensors((x, y)).repeat()``
-  with ``steps_per_execution=K`` and ``DynamicalLossScheduler`` (the package);
-* ``bare``: one ``tf.function`` holding a ``tf.while_loop`` of
-  ``--chunk`` GD steps on plain ``tf.Variable``s, Γ(t) from the same schedule
-  and :func:`~keras_dynloss.dynamical_crossentropy`, called steps/chunk times.
+* ``fit, full batch``: what ``python -m keras_dynloss fig4`` runs —
+  ``model.fit`` over ``tf.data.Dataset.from_tensors((x, y)).repeat()`` with
+  ``DynamicalLossScheduler``; the model is a ``FullBatchSequential`` that runs
+  ``--chunk`` GD updates per batch as one compiled loop (its ``train_step``);
+* ``fit, Keras loop``: a plain ``keras.Sequential`` and Keras's own
+  ``steps_per_execution=--spe`` loop (one ``train_step`` per update);
+* ``bare``: one ``tf.function`` holding a ``tf.while_loop`` of ``--chunk`` GD
+  steps on plain ``tf.Variable``s, Γ(t) from the same schedule and
+  :func:`~keras_dynloss.dynamical_crossentropy`, called steps/chunk times.
 
-Each is run once to trace/compile (not timed) and once timed. Prints both
-times, ms/step, the ratio fit / bare and the final training accuracies (the
-authors' JAX loop takes about 19 s, 0.27 ms/step, on a 2-core CPU).
+``--jit`` XLA-compiles all three (``jit_compile=True``). Prints the median times,
+µs/step and the ratios fit / bare (targets: <= 1.1; <= 1.2 with ``--jit``).
 
-    python bench/fit_speed.py [--steps 70000] [--spe 1000] [--dtype float32] [--jit]
+    python bench/fit_speed.py [--steps 70000] [--dtype float64] [--jit] [--runs 3]
 """
 
 import argparse
 import os
+import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import keras_dynloss as kd  # noqa: E402
-from keras_dynloss.datasets import spiral  # noqa: E402
-from keras_dynloss.experiments._spiral import build_mlp  # noqa: E402
+import keras_dynloss as kd
+from keras_dynloss.datasets import spiral
+from keras_dynloss.experiments._spiral import build_mlp
 
 
-def make_loss(steps, period, amplitude, dtype="float32"):
-    return kd.DynamicalLoss(3, amplitude=amplitude, period=period, from_logits=True,
-                            static_after=steps - period, dtype=dtype)
+def make_loss(args):
+    return kd.DynamicalLoss(3, amplitude=args.amplitude, period=args.period,
+                            from_logits=True, static_after=args.steps - args.period,
+                            dtype=args.dtype)
 
 
-def run_fit(x, y, weights, args):
-    model = build_mlp(args.width, dtype=args.dtype)
+def fit_runner(x, y, weights, args, full_batch):
+    model = build_mlp(args.width, dtype=args.dtype,
+                      updates_per_batch=args.chunk if full_batch else 1)
     model.set_weights(weights)
-    loss = make_loss(args.steps, args.period, args.amplitude, args.dtype)
-    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=loss,
-                  steps_per_execution=args.spe, jit_compile=args.jit)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=make_loss(args),
+                  steps_per_execution=1 if full_batch else args.spe,
+                  jit_compile=args.jit)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
-    epoch = args.steps_per_epoch
+    batch_steps = args.chunk if full_batch else 1
     cb = [kd.DynamicalLossScheduler(log_weights=False)]
-    model.fit(data, epochs=1, steps_per_epoch=args.spe, verbose=0, callbacks=cb,
-              shuffle=False)  # trace
-    model.set_weights(weights)
-    model.optimizer.iterations.assign(0)
-    start = time.perf_counter()
-    model.fit(data, epochs=args.steps // epoch, steps_per_epoch=epoch, verbose=0,
-              callbacks=cb, shuffle=False)
-    seconds = time.perf_counter() - start
-    acc = float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
-    return seconds, acc, int(model.optimizer.iterations.numpy())
+    epochs = args.steps // args.steps_per_epoch
+
+    def run():
+        model.set_weights(weights)
+        model.optimizer.iterations.assign(0)
+        start = time.perf_counter()
+        model.fit(data, epochs=epochs, steps_per_epoch=args.steps_per_epoch // batch_steps,
+                  verbose=0, callbacks=cb, shuffle=False)
+        seconds = time.perf_counter() - start
+        assert int(model.optimizer.iterations.numpy()) == args.steps
+        return seconds, model.get_weights()
+
+    model.fit(data, epochs=1, steps_per_epoch=max(1, args.spe // batch_steps), verbose=0,
+              callbacks=cb, shuffle=False)  # trace / compile
+    return run
 
 
-def run_bare(x, y, weights, args):
+def bare_runner(x, y, weights, args):
     dtype = tf.as_dtype(args.dtype)
     variables = [tf.Variable(w) for w in weights]
     step = tf.Variable(0, dtype=tf.int64)
-    schedule = make_loss(args.steps, args.period, args.amplitude, args.dtype).schedule
+    schedule = make_loss(args).schedule
     xt, yt = tf.constant(x), tf.constant(y)
 
     def gd_step():
@@ -83,17 +93,25 @@ def run_bare(x, y, weights, args):
             gd_step()
 
     n = tf.constant(args.chunk, tf.int64)
-    chunk(n)  # trace
-    for v, w in zip(variables, weights):
-        v.assign(w)
-    step.assign(0)
-    start = time.perf_counter()
-    for _ in range(args.steps // args.chunk):
-        chunk(n)
-    seconds = time.perf_counter() - start
-    w1, b1, w2, b2 = [v.numpy() for v in variables]
-    logits = np.maximum(x @ w1 + b1, 0) @ w2 + b2
-    return seconds, float(np.mean(logits.argmax(-1) == y)), int(step.numpy())
+
+    def run():
+        for v, w in zip(variables, weights):
+            v.assign(w)
+        step.assign(0)
+        start = time.perf_counter()
+        for _ in range(args.steps // args.chunk):
+            chunk(n)
+        seconds = time.perf_counter() - start
+        assert int(step.numpy()) == args.steps
+        return seconds, [v.numpy() for v in variables]
+
+    chunk(n)  # trace / compile
+    return run
+
+
+def accuracy(weights, x, y):
+    w1, b1, w2, b2 = weights
+    return float(np.mean((np.maximum(x @ w1 + b1, 0) @ w2 + b2).argmax(-1) == y))
 
 
 def main():
@@ -102,28 +120,47 @@ def main():
     p.add_argument("--period", type=int, default=5000)
     p.add_argument("--amplitude", type=float, default=70.0)
     p.add_argument("--width", type=int, default=100)
-    p.add_argument("--spe", type=int, default=1000, help="steps_per_execution of fit")
+    p.add_argument("--spe", type=int, default=1000, help="steps_per_execution, Keras loop")
     p.add_argument("--steps-per-epoch", type=int, default=7000, dest="steps_per_epoch")
-    p.add_argument("--chunk", type=int, default=7000, help="steps per bare-loop call")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--jit", action="store_true", help="XLA-compile both")
+    p.add_argument("--chunk", type=int, default=1000,
+                   help="GD steps per compiled call: bare loop and full-batch fit")
+    p.add_argument("--dtype", default="float64", choices=("float32", "float64"))
+    p.add_argument("--jit", action="store_true", help="XLA-compile all three")
+    p.add_argument("--runs", type=int, default=3, help="alternating timed runs of each")
+    p.add_argument("--no-keras-loop", action="store_true", dest="no_keras_loop",
+                   help="skip the Keras-loop fit (slow under --jit)")
     args = p.parse_args()
     if args.steps % args.steps_per_epoch or args.steps_per_epoch % args.spe \
-            or args.steps % args.chunk:
-        p.error("--steps must be a multiple of --steps-per-epoch and --chunk, "
-                "--steps-per-epoch a multiple of --spe")
-    x, y = spiral()
-    x = x.astype(args.dtype)
+            or args.steps_per_epoch % args.chunk:
+        p.error("--steps must be a multiple of --steps-per-epoch, and --steps-per-epoch "
+                "a multiple of --spe and --chunk")
+    x, y = spiral(dtype=args.dtype)
     weights = build_mlp(args.width, dtype=args.dtype, seed=0).get_weights()
-    t_fit, acc_fit, n_fit = run_fit(x, y, weights, args)
-    t_bare, acc_bare, n_bare = run_bare(x, y, weights, args)
+    runners = {"fit, full batch": fit_runner(x, y, weights, args, full_batch=True)}
+    if not args.no_keras_loop:
+        runners["fit, Keras loop"] = fit_runner(x, y, weights, args, full_batch=False)
+    runners["bare"] = bare_runner(x, y, weights, args)
+    times = {name: [] for name in runners}
+    final = {}
+    for _ in range(args.runs):  # alternate, so drifts in machine speed hit all alike
+        for name, run in runners.items():
+            seconds, final[name] = run()
+            times[name].append(seconds)
+    med = {name: statistics.median(t) for name, t in times.items()}
     print(f"Fig. 4 loss-only run: {args.steps} steps, width {args.width}, {args.dtype}, "
-          f"jit={args.jit}, {os.cpu_count()} CPU cores")
-    print(f"  model.fit (steps_per_execution={args.spe}): {t_fit:7.2f} s  "
-          f"{1e3 * t_fit / args.steps:.4f} ms/step  final acc {acc_fit:.3f}  ({n_fit} steps)")
-    print(f"  bare compiled loop (chunk {args.chunk}):     {t_bare:7.2f} s  "
-          f"{1e3 * t_bare / args.steps:.4f} ms/step  final acc {acc_bare:.3f}  ({n_bare} steps)")
-    print(f"  ratio fit / bare: {t_fit / t_bare:.3f}")
+          f"jit_compile={args.jit}, {os.cpu_count()} CPU cores, medians of {args.runs} "
+          f"alternating runs")
+    for name, seconds in med.items():
+        detail = {"fit, full batch": f"{args.chunk} GD steps per batch",
+                  "fit, Keras loop": f"steps_per_execution={args.spe}",
+                  "bare": f"tf.while_loop, {args.chunk} steps per call"}[name]
+        print(f"  {name:16s} {seconds:7.2f} s  {1e6 * seconds / args.steps:7.1f} us/step  "
+              f"final acc {accuracy(final[name], x, y):.3f}  ({detail})")
+    for name in runners:
+        if name != "bare":
+            paired = [a / b for a, b in zip(times[name], times["bare"])]
+            print(f"  ratio {name} / bare: {med[name] / med['bare']:.3f} "
+                  f"(paired ratios {' '.join(f'{r:.2f}' for r in paired)})")
 
 
 if __name__ == "__main__":

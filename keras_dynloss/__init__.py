@@ -5,33 +5,17 @@ functions for machine learning" (ICML 2021, arXiv 2102.03793); dynamical MSE fro
 Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690).
 """
 
-from keras_dynloss._checks import check_keras_backend
+import importlib
 
+from keras_dynloss._checks import check_keras_backend
+from keras_dynloss._quiet_import import import_tensorflow
+
+import_tensorflow()  # without TensorFlow's start-up log noise: see _quiet_import
 check_keras_backend()  # TensorFlow only: fail here, clearly, not deep inside Keras
 
-from keras_dynloss import curvature, datasets  # noqa: E402
-from keras_dynloss.callbacks import DynamicalLossScheduler
-from keras_dynloss.curvature import (
-    CurvatureProbe,
-    DensityResult,
-    EigenResult,
-    HessianOperator,
-    LanczosDecomposition,
-    NotTwiceDifferentiableError,
-    NTKOperator,
-    TraceResult,
-    hessian_density,
-    hessian_eigenvalues,
-    hessian_trace,
-    hutchinson_trace,
-    lanczos,
-    lanczos_tridiagonal,
-    ntk_eigenvalues,
-    ntk_gram,
-    power_iteration,
-    spectral_density,
-)
-from keras_dynloss.losses import (
+from keras_dynloss import datasets  # noqa: E402
+from keras_dynloss.callbacks import DynamicalLossScheduler  # noqa: E402
+from keras_dynloss.losses import (  # noqa: E402
     DynamicalComponentwiseMeanSquaredError,
     DynamicalLoss,
     DynamicalMeanSquaredError,
@@ -43,7 +27,7 @@ from keras_dynloss.schedules import ClassWeightSchedule
 
 __version__ = "0.1.0"
 
-__all__ = [
+_EAGER = [
     "ClassWeightSchedule",
     "DynamicalComponentwiseMeanSquaredError",
     "DynamicalLoss",
@@ -53,5 +37,27 @@ __all__ = [
     "dynamical_componentwise_mean_squared_error",
     "dynamical_crossentropy",
     "dynamical_mean_squared_error",
-    *curvature.__all__,
 ]
+
+
+def __getattr__(name):
+    """``kd.curvature``, ``kd.CurvatureProbe`` and the other names of
+    ``keras_dynloss.curvature.__all__`` (and ``__all__``) import the curvature
+    subpackage on first use: it is most of this package's own import time."""
+    if name.startswith("__") and name != "__all__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    curvature = importlib.import_module("keras_dynloss.curvature")
+    if name == "__all__":
+        value = [*_EAGER, *curvature.__all__]
+    elif name == "curvature":
+        value = curvature
+    elif name in curvature.__all__:
+        value = getattr(curvature, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__getattr__("__all__")) | {"curvature"})

@@ -11,7 +11,6 @@ writes ``DIR/<command>.json`` and ``DIR/<command>.png`` (default ``DIR=runs``).
 """
 
 import argparse
-import os
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -197,7 +196,6 @@ _COMMANDS = {"fig4": _fig4, "width-sweep": _width_sweep, "overparam": _overparam
 
 def main(argv=None):
     """Entry point of ``python -m keras_dynloss`` and ``keras-dynloss``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     if getattr(args, "learning_rate", None) is not None and not args.learning_rate > 0:
         raise SystemExit(f"keras-dynloss: error: --learning-rate must be > 0, "

@@ -73,11 +73,10 @@ def configure_worker_devices(index, tf=None):
 
 
 def _init_worker(threads, counter=None):
-    """Pool initializer: quiet logs, a share of the CPU threads, one GPU (see
+    """Pool initializer: TensorFlow imported as ``import keras_dynloss`` does it
+    (without start-up noise), a share of the CPU threads, one GPU (see
     :func:`configure_worker_devices`); ``counter`` hands out worker indices."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras_dynloss  # noqa: F401  (imports TensorFlow quietly)
     import tensorflow as tf
 
     index = 0

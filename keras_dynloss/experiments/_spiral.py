@@ -5,28 +5,28 @@ Dense(width)-ReLU-Dense(C) with jax ``stax.Dense`` defaults (kernel
 ``GlorotNormal``; bias normal with stddev 0.01), full-batch gradient descent
 (``SGD(1.0)``) on the 300 spiral points, Γ(t) triangular with period T and the
 last period static. Training goes through ``model.fit`` over a repeated
-full-batch ``tf.data`` dataset with a large ``steps_per_execution``;
-:class:`StepRecorder`, a metric, stores F(t) and the accuracy of every step
-inside the compiled step (no per-step Python).
+full-batch ``tf.data`` dataset; :class:`FullBatchSequential` runs K GD updates
+per batch as one compiled loop (one XLA loop by default), and
+:class:`StepRecorder` stores F(t) and the accuracy of every step from inside it
+(no per-step Python).
 """
 
-import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from keras_dynloss._checks import check_int
+from keras_dynloss.callbacks import DynamicalLossScheduler
+from keras_dynloss.datasets import spiral
+from keras_dynloss.experiments._losses import spiral_loss
 
-from keras_dynloss.callbacks import DynamicalLossScheduler  # noqa: E402
-from keras_dynloss.datasets import spiral  # noqa: E402
-from keras_dynloss.experiments._losses import objective, spiral_loss  # noqa: E402
-
-__all__ = ["build_mlp", "StepRecorder", "train_spiral", "ProgressBar"]
+__all__ = ["build_mlp", "FullBatchSequential", "StepRecorder", "train_spiral",
+           "ProgressBar"]
 
 
-def build_mlp(width, num_classes=3, *, seed=0, dtype="float32", inputs=2):
+def build_mlp(width, num_classes=3, *, seed=0, dtype="float32", inputs=2, **kwargs):
     """Dense(width)-ReLU-Dense(C) with jax ``stax.Dense`` initialisation.
 
     Args:
@@ -35,68 +35,131 @@ def build_mlp(width, num_classes=3, *, seed=0, dtype="float32", inputs=2):
         seed: seed of the initial weights.
         dtype: ``"float32"`` or ``"float64"`` (the authors ran JAX in float64).
         inputs: input dimension.
+        **kwargs: ``updates_per_batch``, ``recorder`` of :class:`FullBatchSequential`
+            (default: one update per batch, i.e. a plain ``Sequential``).
     """
     keras.utils.set_random_seed(seed)
     init = dict(kernel_initializer=keras.initializers.GlorotNormal(),
                 bias_initializer=keras.initializers.RandomNormal(stddev=0.01),
                 dtype=dtype)
-    return keras.Sequential([
+    return FullBatchSequential([
         keras.Input((inputs,), dtype=dtype),
         keras.layers.Dense(width, activation="relu", **init),
         keras.layers.Dense(num_classes, **init),
-    ])
+    ], **kwargs)
 
 
-class StepRecorder(keras.metrics.Metric):
-    """Records F(t) and the accuracy of every training step into buffers.
+class StepRecorder:
+    """F(t) and the training accuracy of every step, in one preallocated buffer.
 
-    Keras computes metrics after the optimizer update, on the predictions made
-    *before* it, so the values belong to step ``t = iterations - 1``, the step at
-    which the loss (and Γ) was evaluated. Values are scattered into two
-    ``(num_steps,)`` variables inside the compiled step; ``reset_state`` (called
-    each epoch) keeps them. ``result()`` is the latest F(t).
+    Row ``t`` of a ``(num_steps + 1, 2)`` variable of the model's dtype holds
+    ``(F(t), accuracy(t))``: the loss value the step's gradient came from and
+    the accuracy of the predictions of that same forward pass (before the
+    update). :meth:`record` writes both with one ``scatter_nd_update`` inside the
+    compiled step; steps ``>= num_steps`` go to the last row, which is dropped.
+    Rows never written stay NaN.
 
     Args:
-        loss: the bound :class:`~keras_dynloss.DynamicalLoss` (or None: plain
-            cross-entropy from logits).
-        optimizer_iterations: the optimizer's step variable.
-        num_steps: buffer length; later steps are dropped.
+        num_steps: steps to keep.
+        dtype: buffer dtype (the model's: float64 keeps float64 values).
     """
 
-    def __init__(self, loss, optimizer_iterations, num_steps, name="F", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self._loss = loss
-        self._iterations = optimizer_iterations
+    def __init__(self, num_steps, dtype="float32"):
         self.num_steps = int(num_steps)
+        self.dtype = tf.as_dtype(dtype)
         with tf.init_scope():
-            nan = tf.constant(np.nan, self.dtype)
-            self.loss_trace = tf.Variable(tf.fill([self.num_steps], nan), trainable=False)
-            self.acc_trace = tf.Variable(tf.fill([self.num_steps], nan), trainable=False)
-        self.latest = self.add_variable(shape=(), initializer="zeros", name="latest")
+            self.buffer = tf.Variable(
+                tf.fill([self.num_steps + 1, 2], tf.constant(np.nan, self.dtype)),
+                trainable=False, name="step_trace")
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        step = tf.cast(tf.convert_to_tensor(self._iterations), tf.int64) - 1
-        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-        num_classes = y_pred.shape[-1]
-        if self._loss is not None:
-            gamma = self._loss.schedule(step, dtype=y_pred.dtype)
-        else:
-            gamma = tf.ones([num_classes], y_pred.dtype)
-        f = tf.reduce_mean(objective(self._loss, labels, y_pred, gamma))
-        acc = tf.reduce_mean(tf.cast(
-            tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32), labels), self.dtype))
-        f = tf.cast(f, self.dtype)
-        idx = tf.clip_by_value(step, 0, self.num_steps - 1)[None, None]
-        keep = step < self.num_steps
-        self.loss_trace.scatter_nd_update(idx, tf.where(keep, f, self.loss_trace[idx[0, 0]])[None])
-        self.acc_trace.scatter_nd_update(idx, tf.where(keep, acc, self.acc_trace[idx[0, 0]])[None])
-        self.latest.assign(tf.cast(f, self.latest.dtype))
+    def record(self, step, loss, accuracy):
+        """Writes ``(loss, accuracy)`` into row ``min(step, num_steps)``."""
+        row = tf.minimum(tf.cast(step, tf.int64), self.num_steps)
+        values = tf.stack([tf.cast(loss, self.dtype), tf.cast(accuracy, self.dtype)])
+        self.buffer.scatter_nd_update(row[None, None], values[None])
 
-    def result(self):
-        return self.latest
+    @property
+    def loss(self):
+        """F(t) for t in [0, num_steps), shape (num_steps,)."""
+        return self.buffer.numpy()[:-1, 0]
 
-    def reset_state(self):
-        pass
+    @property
+    def accuracy(self):
+        """Training accuracy at each step, shape (num_steps,)."""
+        return self.buffer.numpy()[:-1, 1]
+
+
+class FullBatchSequential(keras.Sequential):
+    """A ``Sequential`` whose training step runs ``updates_per_batch`` GD updates.
+
+    For full-batch gradient descent ``fit`` sees the whole training set as
+    every batch (``tf.data.Dataset.from_tensors((x, y)).repeat()``), so ``K``
+    updates on one batch are exactly ``K`` ordinary ``fit`` steps: same
+    forward pass, loss (Γ(t) read from ``optimizer.iterations``), gradient, ``optimizer.apply``, loss tracker and compiled metrics, once per
+    update. The ``K`` updates are one ``tf.while_loop`` inside the compiled
+    train step; with ``jit_compile=True`` one XLA loop, where Keras's own
+    ``steps_per_execution`` loop would launch the XLA step once per update and
+    fetch, wrap (``tf.experimental.Optional``) and branch (two ``tf.cond``)
+    around each. ``fit``'s ``steps_per_epoch`` then counts batches of ``K``
+    updates; callbacks see ``optimizer.iterations`` advance by ``K`` per batch.
+
+    With a :class:`StepRecorder` each update also records
+    ``(F(t), accuracy(t))`` from the values the update computed anyway.
+
+    ``updates_per_batch=1`` without a recorder is Keras's own ``train_step``.
+
+    Args:
+        layers: as for ``keras.Sequential``.
+        updates_per_batch: K >= 1.
+        recorder: a :class:`StepRecorder` or None.
+        **kwargs: passed to ``keras.Sequential``.
+    """
+
+    def __init__(self, layers=None, *, updates_per_batch=1, recorder=None, **kwargs):
+        super().__init__(layers, **kwargs)
+        self.updates_per_batch = check_int("updates_per_batch", updates_per_batch, minimum=1)
+        self.recorder = recorder
+
+    def train_step(self, data):
+        if self.updates_per_batch == 1 and self.recorder is None:
+            return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        trackers = [m for m in self.metrics if m.name == "loss"]
+        batch = tf.shape(x)[0]
+
+        def update(i):
+            step = tf.convert_to_tensor(self.optimizer.iterations)  # t, before the update
+            with tf.GradientTape() as tape:
+                y_pred = self(x, training=True)
+                loss = self._total_loss(x, y, y_pred, sample_weight)
+            self.optimizer.apply(tape.gradient(loss, variables), variables)
+            for tracker in trackers:
+                tracker.update_state(loss, sample_weight=batch)
+            self.compute_metrics(x, y, y_pred, sample_weight)
+            if self.recorder is not None:
+                labels = tf.cast(tf.reshape(y, [-1]), tf.int64)
+                hits = tf.equal(tf.argmax(y_pred, -1), labels)
+                self.recorder.record(step, loss, tf.reduce_mean(tf.cast(hits, loss.dtype)))
+            return (i + 1,)
+
+        tf.while_loop(lambda i: i < self.updates_per_batch, update, (tf.constant(0),))
+        return self.get_metrics_result()
+
+    def _total_loss(self, x, y, y_pred, sample_weight):
+        """The compiled loss in its own dtype, plus the model's added losses.
+
+        ``compute_loss`` would give the same value cast to float32 (Keras's
+        compile wrapper casts; the gradient through the cast is unchanged), so
+        a float64 loss is called directly to keep F(t) in float64.
+        """
+        if not isinstance(self.loss, keras.losses.Loss):
+            return self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                     training=True)
+        value = self.loss(y, y_pred, sample_weight)
+        for extra in self.losses:
+            value = value + tf.cast(extra, value.dtype)
+        return value
 
 
 class ProgressBar(keras.callbacks.Callback):
@@ -134,7 +197,8 @@ class ProgressBar(keras.callbacks.Callback):
 def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
                  data_seed=0, learning_rate=1.0, dtype="float32", record=False,
                  probe_every=0, probe_ntk=True, steps_per_execution=None,
-                 progress=False, label="", loss="ce", validation_seed=None):
+                 jit_compile=True, progress=False, label="", loss="ce",
+                 validation_seed=None):
     """Full-batch GD on the spiral with the dynamical loss (last period static).
 
     Args:
@@ -150,8 +214,13 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         probe_every: run ``CurvatureProbe`` (Hessian and NTK λ_max) every this
             many steps; 0 disables it.
         probe_ntk: also probe the NTK.
-        steps_per_execution: steps per compiled call (default: ``probe_every``
-            or 1000).
+        steps_per_execution: GD steps per compiled call, the
+            ``updates_per_batch`` of :class:`FullBatchSequential` (default:
+            ``probe_every`` or 1000).
+        jit_compile: compile the training loop with XLA (``model.compile``'s
+            argument). XLA runs the whole loop of GD steps as one computation,
+            several times faster for this small model on a CPU; off, the loop is
+            a TensorFlow graph loop.
         progress: show a progress bar.
         loss: ``"ce"``, ``"mse"``, ``"dmse"`` or ``"dmse-componentwise"``
             (:func:`~keras_dynloss.experiments._losses.spiral_loss`).
@@ -160,12 +229,12 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
 
     Returns:
         A dict: ``final_acc``, ``final_loss``, ``seconds``, ``steps``, and when
-        recorded ``loss`` / ``accuracy`` (``(steps,)`` arrays), ``probe`` (the
-        probe history dict), ``gamma`` (Γ rows at ~2000 evenly spread steps ``gamma_steps``).
+        recorded ``loss`` / ``accuracy`` (``(steps,)`` arrays of ``dtype``),
+        ``probe`` (the probe history dict), ``gamma`` (Γ rows at ~2000 evenly
+        spread steps ``gamma_steps``).
     """
     x, y = spiral(seed=data_seed, dtype=dtype)
     num_classes = int(y.max()) + 1
-    model = build_mlp(width, num_classes, seed=seed, dtype=dtype)
     static_after = max(steps - period, 0)
     # The loss in the model's dtype: Keras losses default to float32, which would
     # round the float64 gradient at the logits.
@@ -174,18 +243,17 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
     optimizer = keras.optimizers.SGD(learning_rate)
     if steps_per_execution is None:
         steps_per_execution = probe_every if probe_every else 1000
-    steps_per_execution = max(1, min(steps_per_execution, steps))
-    # Epochs of whole executions; an epoch is the unit of the progress bar.
-    steps_per_epoch = steps_per_execution * max(1, (steps // 20) // steps_per_execution)
-    steps_per_epoch = min(steps_per_epoch, steps)
+    per_batch = max(1, min(int(steps_per_execution), steps))
+    recorder = StepRecorder(steps, dtype) if record else None
+    model = build_mlp(width, num_classes, seed=seed, dtype=dtype,
+                      updates_per_batch=per_batch, recorder=recorder)
     optimizer.build(model.trainable_variables)
-    metrics = ["accuracy"]
-    recorder = None
-    if record:
-        recorder = StepRecorder(loss, optimizer.iterations, steps, dtype=dtype)
-        metrics = [recorder, "accuracy"]
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                  steps_per_execution=steps_per_execution)
+
+    def compile_model():
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"],
+                      jit_compile=jit_compile)
+
+    compile_model()
     callbacks = [DynamicalLossScheduler(log_weights=False)]
     probe = None
     if probe_every:
@@ -196,20 +264,24 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         callbacks.append(probe)
     callbacks.append(ProgressBar(steps, label=label, enabled=progress))
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    fit = dict(callbacks=callbacks, verbose=0, shuffle=False)
     start = time.perf_counter()
-    remaining = steps
-    epochs, rest = divmod(remaining, steps_per_epoch)
+    batches, rest = divmod(steps, per_batch)
+    # Epochs (the progress bar's unit, about 20 a run) of whole batches.
+    per_epoch = max(1, batches // 20)
+    epochs, extra = divmod(batches, per_epoch)
     if epochs:
-        model.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                  callbacks=callbacks, verbose=0, shuffle=False)
-    if rest:
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                      steps_per_execution=min(rest, steps_per_execution))
-        model.fit(data, epochs=epochs + 1, initial_epoch=epochs, steps_per_epoch=rest,
-                  callbacks=callbacks, verbose=0, shuffle=False)
+        model.fit(data, epochs=epochs, steps_per_epoch=per_epoch, **fit)
+    if extra:
+        model.fit(data, epochs=epochs + 1, initial_epoch=epochs, steps_per_epoch=extra, **fit)
+        epochs += 1
+    if rest:  # a last, shorter batch: a new loop length, so compile anew
+        model.updates_per_batch = rest
+        compile_model()
+        model.fit(data, epochs=epochs + 1, initial_epoch=epochs, steps_per_epoch=1, **fit)
     seconds = time.perf_counter() - start
-    logits = model(x, training=False)
-    final_acc = float(np.mean(np.argmax(np.asarray(logits), -1) == y))
+    logits = model(x, training=False).numpy()
+    final_acc = float(np.mean(np.argmax(logits, -1) == y))
     # Plain cross-entropy in the model's dtype (Keras losses default to float32).
     final_loss = float(keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, dtype=dtype)(y, logits))
@@ -218,14 +290,14 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
                dtype=dtype, learning_rate=learning_rate)
     if validation_seed is not None:
         x_val, y_val = spiral(seed=validation_seed, dtype=dtype)
-        val_logits = model(x_val, training=False)
-        out["val_acc"] = float(np.mean(np.argmax(np.asarray(val_logits), -1) == y_val))
+        val_logits = model(x_val, training=False).numpy()
+        out["val_acc"] = float(np.mean(np.argmax(val_logits, -1) == y_val))
     if recorder is not None:
-        out["loss"] = recorder.loss_trace.numpy()
-        out["accuracy"] = recorder.acc_trace.numpy()
+        out["loss"] = recorder.loss
+        out["accuracy"] = recorder.accuracy
         gamma_steps = np.unique(np.linspace(0, steps - 1, 2001).astype(np.int64))
         out["gamma_steps"] = gamma_steps
-        out["gamma"] = loss.weights_at(gamma_steps)
+        out["gamma"] = loss.schedule.weights_at(gamma_steps, dtype=dtype)
     if probe is not None:
         out["probe"] = {k: list(v) for k, v in probe.history.items()}
     return out

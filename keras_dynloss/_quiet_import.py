@@ -1,0 +1,139 @@
+"""Imports TensorFlow without its start-up log noise, keeping the messages that matter.
+
+A plain ``import tensorflow`` on a CPU-only machine prints INFO lines from C++
+static initialisers (oneDNN, "Could not find cuda drivers", CPU features) that
+ignore ``TF_CPP_MIN_LOG_LEVEL``, then, at the first op, ``E ... failed call to
+cuInit: ... UNKNOWN ERROR (303)``: an *error* line a CPU-only user can do nothing
+about. :func:`import_tensorflow` (run by ``import keras_dynloss``) does this:
+
+* If TensorFlow is already imported, nothing (the user's process, the user's logs);
+  nor if ``KERAS_BACKEND`` names another backend (the package then refuses to load).
+* If ``TF_CPP_MIN_LOG_LEVEL`` is unset, it is set to ``1`` (hide INFO, keep
+  WARNING / ERROR / FATAL) while TensorFlow loads — TensorFlow reads it once, so
+  later INFO lines such as XLA's "Compiled cluster using XLA!" stay hidden too —
+  and unset again afterwards, so child processes see the user's environment.
+* File descriptor 2 is captured while TensorFlow loads and lists its GPUs (which
+  initialises CUDA, so the cuInit message comes out now, not at the first op).
+  The captured lines are written back to ``sys.stderr`` except INFO lines below
+  the effective level, absl's "All log messages before absl::InitializeLog()"
+  notice and, only when the user did not set ``TF_CPP_MIN_LOG_LEVEL``, the cuInit
+  error on a machine without an NVIDIA driver (TensorFlow itself said "Could not
+  find cuda drivers on your machine" and found no GPU). Every WARNING, ERROR and
+  FATAL line and anything else (Python warnings) is kept.
+
+Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything TensorFlow prints.
+"""
+
+import os
+import re
+import sys
+import tempfile
+
+__all__ = ["import_tensorflow", "filter_log"]
+
+_SEVERITY = re.compile(r"^([IWEF])\d{4} ")
+_LEVELS = {"I": 0, "W": 1, "E": 2, "F": 3}
+_NO_DRIVER = "Could not find cuda drivers on your machine"
+_CUINIT = "failed call to cuInit"
+_ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
+
+
+def filter_log(text, *, min_level, cpu_only):
+    """The lines of ``text`` (TensorFlow's start-up stderr) worth showing.
+
+    Args:
+        text: captured stderr.
+        min_level: drop log lines of severity below this (0 INFO, 1 WARNING,
+            2 ERROR, 3 FATAL), as ``TF_CPP_MIN_LOG_LEVEL``.
+        cpu_only: also drop the cuInit error (TensorFlow found no NVIDIA driver
+            and no GPU, and the user did not choose a log level).
+
+    Returns:
+        The kept text. Continuation lines of a dropped log line are dropped
+        with it; lines that are not log lines are kept.
+    """
+    kept, dropping = [], False
+    for line in text.splitlines(keepends=True):
+        match = _SEVERITY.match(line)
+        if match:
+            dropping = (_LEVELS[match.group(1)] < min_level
+                        or (cpu_only and _CUINIT in line))
+        elif line.startswith(_ABSL_NOTICE):
+            dropping = min_level > 0
+        elif dropping and _looks_like_python(line):
+            dropping = False
+        # Any other line continues the log line before it (e.g. the second line
+        # of the CPU-feature INFO message) and shares its fate.
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
+
+
+def _looks_like_python(line):
+    return line.startswith(("Traceback", "  File ")) or bool(
+        re.match(r"^\S+\.py:\d+: \w+(Warning|Error)", line)
+    )
+
+
+def import_tensorflow():
+    """Imports and returns ``tensorflow`` as described in the module docstring."""
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return None  # keras_dynloss refuses other backends: no need to load TensorFlow
+    user_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if user_level is None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+    try:
+        saved = _capture_stderr()
+    except OSError:  # no usable fd 2 (e.g. closed): import as is
+        saved = None
+    captured = ""
+    gpus = None
+    try:
+        import tensorflow as tf
+
+        try:
+            gpus = tf.config.list_physical_devices("GPU")
+        except Exception:  # reported later, by the user's own call
+            gpus = None
+    finally:
+        if saved is not None:
+            captured = _restore_stderr(saved)
+        if user_level is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        if captured:
+            try:
+                level = int(user_level) if user_level is not None else 1
+            except ValueError:
+                level = 0
+            cpu_only = user_level is None and gpus == [] and _NO_DRIVER in captured
+            text = filter_log(captured, min_level=level, cpu_only=cpu_only)
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+    return tf
+
+
+def _capture_stderr():
+    sys.stderr.flush()
+    tmp = tempfile.TemporaryFile(mode="w+b")
+    original = os.dup(2)
+    os.dup2(tmp.fileno(), 2)
+    return original, tmp
+
+
+def _restore_stderr(saved):
+    original, tmp = saved
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+    os.dup2(original, 2)
+    os.close(original)
+    tmp.seek(0)
+    data = tmp.read().decode("utf-8", "replace")
+    tmp.close()
+    return data
