@@ -8,7 +8,7 @@ cross-entropy). The probed run adds `CurvatureProbe(every_n_steps=25)`:
 Hessian lambda_max by Lanczos warm-started from the previous probe's Ritz
 vector (plus a random component), stopped at a relative residual `--tol`
 (1e-3), at most `--order` products; `--ntk` adds the NTK lambda_max,
-`--cold` disables the warm start.
+`--cold` disables the warm start, `--jit` compiles the probe with XLA.
 
 Baseline and probed runs alternate `--repeats` times; the ratio of the medians
 is printed with the Hessian-vector products per probe and the residuals, and
@@ -56,6 +56,7 @@ def main():
     parser.add_argument("--noise", type=float, default=0.01, help="warm_start_noise")
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--ntk", action="store_true")
+    parser.add_argument("--jit", action="store_true", help="CurvatureProbe(jit_compile=True)")
     parser.add_argument("--plain", action="store_true", help="cross-entropy instead of the dynamical loss")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -66,7 +67,8 @@ def main():
         t, base = run(x, y, steps, args.spe, [], args.plain)
         base_times.append(t)
         probe = CurvatureProbe((x, y), every_n_steps=args.every, lanczos_order=args.order, tol=args.tol,
-                               warm_start=not args.cold, warm_start_noise=args.noise, ntk=args.ntk)
+                               warm_start=not args.cold, warm_start_noise=args.noise, ntk=args.ntk,
+                               jit_compile=args.jit)
         t, probed = run(x, y, steps, args.spe, [probe], args.plain)
         probe_times.append(t)
     same = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(base.variables, probed.variables))
@@ -77,7 +79,8 @@ def main():
     t_base, t_probe = np.median(base_times), np.median(probe_times)
     print(f"steps={steps} steps_per_execution={args.spe}, {'cross-entropy' if args.plain else 'DynamicalLoss(A=70, T=5000)'}; "
           f"probe every {args.every} steps: Hessian lambda_max, Lanczos {'cold' if args.cold else 'warm'} start, "
-          f"tol {args.tol:g}, at most {args.order} HVPs" + (", + NTK" if args.ntk else ""))
+          f"tol {args.tol:g}, at most {args.order} HVPs" + (", + NTK" if args.ntk else "")
+          + (", XLA" if args.jit else ""))
     print(f"  baseline fit: {t_base:8.2f} s  ({t_base / steps * 1e6:.1f} us/step)  runs {np.round(base_times, 2)}")
     print(f"  probed fit:   {t_probe:8.2f} s  ({n_probes} probes, {(t_probe - t_base) / n_probes * 1e3:.2f} ms extra "
           f"per probe)  runs {np.round(probe_times, 2)}")

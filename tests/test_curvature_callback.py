@@ -164,6 +164,7 @@ def test_eos_ratio_with_unsupported_optimizer_warns():
         (dict(per_layer=1), "`per_layer`"),
         (dict(csv_path=3), "`csv_path`"),
         (dict(optimizer="sgd"), "`optimizer`"),
+        (dict(jit_compile="yes"), "`jit_compile`"),
         (dict(lanczos_order=0), "`lanczos_order`"),
         (dict(trace_samples=1), "`trace_samples`"),
         (dict(ntk="yes"), "`ntk`"),

@@ -76,3 +76,22 @@ def test_fresh_batches_and_a_new_top_direction():
     np.testing.assert_allclose(values, [exact[0], exact[1], exact[0]], rtol=1e-8)
     assert exact[1] > 2 * exact[0] or exact[0] > 2 * exact[1]
     assert probe.history["probe_batch"] == [0, 1, 2]  # the dataset is re-iterated when exhausted
+
+
+def test_xla_compiled_probe_matches_the_dense_hessian():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((2,), dtype="float64"),
+                              keras.layers.Dense(5, activation="tanh", dtype="float64"),
+                              keras.layers.Dense(3, dtype="float64")])
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((20, 2)), rng.integers(0, 3, 20)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64")
+    probe = CurvatureProbe((x, y), loss=loss, jit_compile=True, lanczos_order=30, tol=1e-10, top_k=2,
+                           ntk=True, trace=True, trace_samples=200, eos_ratio=False)
+    values = probe.probe(model, step=0)
+    h = explicit_hessian(model, loss, x, y)
+    exact = np.linalg.eigvalsh(h)[::-1]
+    np.testing.assert_allclose([values["hessian_max_eig"], values["hessian_eig_2"]], exact[:2], rtol=1e-9)
+    assert abs(values["hessian_trace"] - np.trace(h)) <= 3 * values["hessian_trace_stderr"]
+    from keras_dynloss.curvature import ntk_gram
+    assert values["ntk_max_eig"] == pytest.approx(np.linalg.eigvalsh(ntk_gram(model, x))[-1], rel=1e-6)
