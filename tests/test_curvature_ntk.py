@@ -100,3 +100,21 @@ def test_rejected_inputs(call, match):
     model, x = model_and_inputs()
     with pytest.raises(ValueError, match="Invalid value for argument " + match):
         call(model, x)
+
+
+def test_auto_is_dense_when_small_and_matrix_free_above_the_limit(monkeypatch):
+    from keras_dynloss.curvature import api
+
+    model, x = model_and_inputs(dtype="float32", n=10)
+    exact = np.linalg.eigvalsh(ntk_gram(model, x))[::-1]
+    small = ntk_eigenvalues(model, x, k=2)
+    assert small.method == "dense"
+    np.testing.assert_allclose(small.eigenvalues, exact[:2], rtol=1e-10)
+    n = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    limit = 10 * 3 * n * 8  # the Jacobian's bytes: a lower limit switches to Lanczos
+    monkeypatch.setattr(api, "DENSE_NTK_MAX_BYTES", limit - 1)
+    big = ntk_eigenvalues(model, x, k=2, order=10)
+    assert big.method == "lanczos" and big.num_matvecs == 10
+    np.testing.assert_allclose(big.eigenvalues, exact[:2], rtol=1e-4)
+    monkeypatch.setattr(api, "DENSE_NTK_MAX_BYTES", limit)
+    assert ntk_eigenvalues(model, x).method == "dense"
