@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_dynloss._checks import check_bool, check_int, invalid
-from keras_dynloss.losses import _ScheduledLoss
+from keras_dynloss._scheduled import _ScheduledLoss
 
 __all__ = ["DynamicalLossScheduler"]
 

@@ -1,6 +1,9 @@
 """model.save -> load_model: each loss comes back with its dtype, its schedule and
 the step, checked against NumPy re-derivations (never against itself)."""
 
+import json
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import keras_dynloss as kd
 
 C, A, T, STEPS = 3, 12.5, 5, 7
 GROUPS = [[0, 2], [1]]
+DATA = pathlib.Path(__file__).parent / "data"
 SCHEDULE = dict(amplitude=A, period=T, shape="sine", normalize=False, class_order=GROUPS)
 
 
@@ -78,3 +82,29 @@ def test_random_order_and_seed_survive_save(spiral, tmp_path):
     np.testing.assert_array_equal(back.weights_at(steps), loss.weights_at(steps))
     other = kd.DynamicalLoss(C, amplitude=A, period=2, class_order="random", seed=6)
     assert not np.array_equal(other.weights_at(steps), back.weights_at(steps))
+
+
+def test_model_saved_by_version_0_1_loads():
+    """A file written before losses.py was split (tests/data/make_saved_losses.py,
+    with the Γ and loss values that code computed) loads: same classes under the
+    same registered names, dtypes, step, Γ and loss values, and NumPy agrees."""
+    expected = json.loads((DATA / "saved_losses_v0_1.json").read_text())
+    model = keras.models.load_model(DATA / "saved_losses_v0_1.keras")
+    x, y = np.array(expected["x"], np.float32), np.array(expected["y"])
+    steps = expected["steps"]
+    assert int(model.optimizer.iterations.numpy()) == 7
+    outputs = model.predict(x, verbose=0)
+    for key, want in expected["losses"].items():
+        loss, cls = model.loss[key], getattr(kd, want["class"])
+        assert type(loss) is cls and loss.name == f"dyn_{key}"
+        assert keras.saving.get_registered_name(cls) == f"keras_dynloss>{want['class']}"
+        np.testing.assert_allclose(loss.weights_at(np.array(steps)), want["gamma"], rtol=1e-6)
+        per_sample = _numpy_per_sample(cls, y, outputs[key], np.array(want["gamma"][steps.index(7)]))
+        reduce = np.sum if loss.reduction == "sum" else np.mean
+        value = float(loss.bind(model)(y, outputs[key]))
+        np.testing.assert_allclose(value, want["value"], rtol=1e-6)
+        np.testing.assert_allclose(value, reduce(per_sample), rtol=2e-6)
+    mse = model.loss["mse"]
+    assert mse.dtype == "float64" and model.loss["cmse"].reduction == "sum"
+    want = [numpy_gamma(t, C, 9, 5, "sine", normalize=False, groups=GROUPS) for t in steps]
+    np.testing.assert_allclose(mse.weights_at(np.array(steps)), want, rtol=1e-15)

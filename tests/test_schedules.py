@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from conftest import numpy_gamma
+from conftest import numpy_crossentropy, numpy_gamma
 from keras_dynloss import ClassWeightSchedule
 
 
@@ -84,25 +84,42 @@ for path in pathlib.Path(kd.__file__).parent.glob("*.py"):  # a colleague's edit
     path.write_text("# edited\\n" * 7 + path.read_text())
 s = kd.ClassWeightSchedule(5, amplitude=20, period=11, shape="sine")
 traced = tf.function(lambda t: s(t))
-print(json.dumps([traced(tf.constant(t, tf.int64)).numpy().tolist() for t in STEPS]))
+step = tf.Variable(0, dtype=tf.int64)
+loss = kd.DynamicalLoss(5, amplitude=20, period=11, shape="sine", from_logits=True).bind(step)
+traced_loss = tf.function(lambda y, f: loss(y, f))
+traced_mse = tf.function(lambda y, f, g: kd.dynamical_mean_squared_error(y, f, g))
+y, f = tf.constant(LABELS), tf.constant(LOGITS)
+out = {"gamma": [], "loss": [], "mse": []}
+for t in STEPS:
+    out["gamma"].append(traced(tf.constant(t, tf.int64)).numpy().tolist())
+    step.assign(t)
+    out["loss"].append(float(traced_loss(y, f)))
+    out["mse"].append(traced_mse(y, f, tf.constant(out["gamma"][-1])).numpy().tolist())
+print(json.dumps(out))
 """
 
 
-def test_traced_schedule_ignores_source_edited_after_import(tmp_path):
-    """Regression: AutoGraph re-read the edited source file at trace time and
-    traced the function above ``__call__`` (the 0/1 emphasis mask)."""
+def test_traced_schedule_and_losses_ignore_sources_edited_after_import(tmp_path):
+    """Regression: AutoGraph re-read an edited source file at trace time and traced
+    the function found above ``__call__``'s old line (the 0/1 emphasis mask)."""
     package = pathlib.Path(__import__("keras_dynloss").__file__).parent
     shutil.copytree(package, tmp_path / "keras_dynloss",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    steps = [0, 5, 27, 60]
+    steps, labels = [0, 5, 27, 60], [0, 1, 2, 3, 4, 2]
+    logits = np.random.RandomState(0).randn(len(labels), 5).astype("float32")
     script = tmp_path / "edit_after_import.py"  # a file: AutoGraph skips `-c` code
-    script.write_text(_EDIT_AFTER_IMPORT.replace("STEPS", repr(steps)))
+    script.write_text(_EDIT_AFTER_IMPORT.replace("STEPS", repr(steps))
+                      .replace("LABELS", repr(labels)).replace("LOGITS", repr(logits.tolist())))
     out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    want = [numpy_gamma(t, 5, 20, 11, "sine") for t in steps]
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    gammas = np.array([numpy_gamma(t, 5, 20, 11, "sine") for t in steps])
+    np.testing.assert_allclose(got["gamma"], gammas, rtol=1e-6)
+    ce = numpy_crossentropy(labels, logits)
+    np.testing.assert_allclose(got["loss"], [np.mean(g[labels] * ce) for g in gammas], rtol=1e-5)
+    squared = np.mean((np.eye(5)[labels] - logits) ** 2, -1)
+    np.testing.assert_allclose(got["mse"], [g[labels] * squared for g in gammas], rtol=1e-5)
 
 
 def test_amplitude_one_is_exactly_one():
