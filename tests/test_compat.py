@@ -46,3 +46,22 @@ def test_in_symbolic_scope():
     keras.Model(inputs := keras.Input((2,)), layer(inputs))  # Keras infers shapes: symbolic
     layer(tf.zeros((1, 2)))  # a real call
     assert seen == [True, False]
+
+
+def test_missing_gradient_op_reads_the_op_type_from_tensorflow_errors():
+    import tensorflow as tf
+
+    x = tf.random.normal([1, 4, 4, 1])
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = tf.image.resize(x, [6, 6], method="bicubic")
+        g = inner.gradient(tf.reduce_sum(y**2), x)
+    try:
+        outer.gradient(g, x)
+    except Exception as error:  # LookupError today
+        assert _compat.missing_gradient_op(error) == "ResizeBicubicGrad"
+    else:
+        raise AssertionError("TensorFlow now differentiates bicubic resizing twice")
+    assert _compat.missing_gradient_op(ValueError("shapes do not match")) is None
