@@ -43,6 +43,18 @@ def _class_weights(class_weights, y_pred):
     return class_weights, int(class_weights.shape[0])
 
 
+def _squared_error_inputs(y_true, y_pred, class_weights, invalid_label_counter):
+    """``(y_pred, Γ, targets, labels, valid)`` for the squared-error losses: the
+    prediction and Γ in the compute dtype, float targets (B, C), and the checked
+    sparse labels (B,) and validity mask, or None for one-hot ``y_true``."""
+    y_pred = prediction(y_pred)
+    class_weights, num_classes = _class_weights(class_weights, y_pred)
+    targets, labels, valid = _labels.one_hot_targets(
+        y_true, y_pred, num_classes, invalid_label_counter
+    )
+    return y_pred, class_weights, targets, labels, valid
+
+
 @tf.autograph.experimental.do_not_convert
 def dynamical_crossentropy(
     y_true, y_pred, class_weights, *, from_logits=False, invalid_label_counter=None
@@ -114,10 +126,8 @@ def dynamical_mean_squared_error(
     Returns:
         Per-sample losses, shape (B,) (float32 for float16/bfloat16 ``y_pred``).
     """
-    y_pred = prediction(y_pred)
-    class_weights, num_classes = _class_weights(class_weights, y_pred)
-    targets, labels, valid = _labels.one_hot_targets(
-        y_true, y_pred, num_classes, invalid_label_counter
+    y_pred, class_weights, targets, labels, valid = _squared_error_inputs(
+        y_true, y_pred, class_weights, invalid_label_counter
     )
     if labels is not None:
         weights = tf.gather(class_weights, labels)
@@ -145,10 +155,8 @@ def dynamical_componentwise_mean_squared_error(
     Returns:
         Per-sample losses, shape (B,) (float32 for float16/bfloat16 ``y_pred``).
     """
-    y_pred = prediction(y_pred)
-    class_weights, num_classes = _class_weights(class_weights, y_pred)
-    targets, _, valid = _labels.one_hot_targets(
-        y_true, y_pred, num_classes, invalid_label_counter
+    y_pred, class_weights, targets, _, valid = _squared_error_inputs(
+        y_true, y_pred, class_weights, invalid_label_counter
     )
     mse = tf.reduce_mean(class_weights * tf.square(targets - y_pred), axis=-1)
     return _labels.mask_invalid(mse, valid, invalid_label_counter)

@@ -22,12 +22,12 @@ install) would otherwise trace the wrong code into a ``tf.function``.
 """
 
 import math
-import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dynloss import _class_order
 from keras_dynloss._checks import (
     check_bool,
     check_choice,
@@ -58,25 +58,6 @@ def square(phase):
 
 
 PROFILES = {"triangular": triangular, "sine": sine, "square": square}
-
-_PRIME = 2147483647  # 2**31 - 1: products of two residues stay below 2**62
-
-
-def _mix(x):
-    """Integer hash of int64 residues in [0, 2**31 - 1) (no overflow anywhere)."""
-    for multiplier, offset, shift in ((48271, 11, 15), (69621, 7, 13), (16807, 3, 16)):
-        x = tf.math.floormod(x * multiplier + offset, _PRIME)
-        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift))
-    return x
-
-
-def _hash_keys(seed, cycle, classes):
-    """Pseudo-random int64 sort keys for (seed, cycle, class), broadcast together."""
-    key = _mix(tf.math.floormod(tf.constant(seed, tf.int64), _PRIME))
-    key = _mix(tf.math.floormod(key + tf.math.floormod(cycle, _PRIME), _PRIME))
-    key = _mix(tf.math.floormod(key + tf.math.floordiv(cycle, _PRIME), _PRIME))
-    return _mix(tf.math.floormod(key + _mix(classes + 1), _PRIME))
-
 
 def deserialize_profile(config):
     """``config`` with a serialized custom ``shape`` callable turned back into it."""
@@ -156,52 +137,11 @@ class ClassWeightSchedule:
             else check_int("static_after", static_after, minimum=0)
         )
         self.seed = check_int("seed", seed)
-        self.class_order = self._check_class_order(class_order)
-        self._groups_table = self._build_groups_table()
-        self._tables = {}
-
-    # -- argument checks -------------------------------------------------
-
-    def _check_class_order(self, class_order):
-        if isinstance(class_order, str):
-            return check_choice("class_order", class_order, ("cyclic", "random"))
-        expected = (
-            f"'cyclic', 'random', or a non-empty sequence of class indices in "
-            f"[0, {self.num_classes}) or of non-empty groups of them"
+        self.class_order = _class_order.check_class_order(class_order, num_classes)
+        self._groups_table = _class_order.groups_table(
+            self.class_order, self.num_classes, self.group_size
         )
-        if not isinstance(class_order, (list, tuple)) or not class_order:
-            raise invalid("class_order", expected, class_order)
-        groups = []
-        for item in class_order:
-            group = [item] if isinstance(item, numbers.Integral) else item
-            if not isinstance(group, (list, tuple)) or not group:
-                raise invalid("class_order", expected, class_order)
-            for c in group:
-                if (
-                    isinstance(c, bool)
-                    or not isinstance(c, numbers.Integral)
-                    or not 0 <= c < self.num_classes
-                ):
-                    raise invalid("class_order", expected, class_order)
-            groups.append([int(c) for c in group])
-        return groups
-
-    def _build_groups_table(self):
-        """(G, C) float mask for cyclic/explicit orders; None for random."""
-        c = self.num_classes
-        if self.class_order == "random":
-            return None
-        if self.class_order == "cyclic":
-            groups = [
-                list(range(s, min(s + self.group_size, c)))
-                for s in range(0, c, self.group_size)
-            ]
-        else:
-            groups = self.class_order
-        table = np.zeros((len(groups), c), np.float32)
-        for g, members in enumerate(groups):
-            table[g, members] = 1.0
-        return table
+        self._tables = {}
 
     @property
     def num_groups(self):
@@ -220,21 +160,12 @@ class ClassWeightSchedule:
             period_index: int64 tensor ``k = t // T`` of any shape.
         """
         k = tf.convert_to_tensor(period_index, tf.int64)
-        g = self.num_groups
-        slot = tf.math.floormod(k, g)
-        if self._groups_table is not None:
-            return tf.gather(tf.constant(self._groups_table), slot)
-        # Random order: cycle m = k // G shuffles the classes by sorting integer
-        # hash keys of (seed, m, c); rank r_c of class c puts it in group
-        # r_c // group_size. Plain int64 arithmetic, so eager, graph and XLA agree.
-        cycle = tf.math.floordiv(k, g)
-        classes = tf.range(self.num_classes, dtype=tf.int64)
-        keys = _hash_keys(self.seed, cycle[..., None], classes)
-        ranks = tf.argsort(tf.argsort(keys, stable=True), stable=True)
-        group_of_class = ranks // self.group_size
-        return tf.cast(
-            tf.equal(group_of_class, tf.cast(slot, tf.int32)[..., None]), tf.float32
-        )
+        if self._groups_table is None:
+            return _class_order.random_emphasis(
+                k, self.seed, self.num_classes, self.group_size
+            )
+        slot = tf.math.floormod(k, self.num_groups)
+        return tf.gather(tf.constant(self._groups_table), slot)
 
     @tf.autograph.experimental.do_not_convert
     def __call__(self, step, dtype="float32"):

@@ -98,14 +98,31 @@ def _reference_loop(x, y, valid, steps):
     return model
 
 
+def _model_and_bad_labels(y, positions, value, jit):
+    """A compiled tiny model with a DynamicalLoss, and ``y`` with ``value`` at ``positions``."""
+    bad = y.copy()
+    bad[positions] = value
+    model = tiny_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=jit,
+                  loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    return model, bad
+
+
+def test_fit_raises_before_the_first_update(spiral):
+    x, y = spiral
+    model, bad = _model_and_bad_labels(y, [5], 3, jit=False)
+    before = model.get_weights()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`y_true`.*\[0, 3\)"):
+        model.fit(x, bad, batch_size=len(x), epochs=1, verbose=0,
+                  callbacks=[kd.DynamicalLossScheduler()])
+    for got, want in zip(model.get_weights(), before):  # (Keras's counter did advance)
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("bad", [3, -1])
 def test_fit_under_xla_raises_keeps_weights_finite_and_trains_valid_samples(spiral, bad):
     x, y = spiral
-    labels = y.copy()
-    labels[[5, 40]] = bad
-    model = tiny_mlp()
-    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=True,
-                  loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    model, labels = _model_and_bad_labels(y, [5, 40], bad, jit=True)
     data = tf.data.Dataset.from_tensors((x, labels)).repeat()
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"`y_true`.*\[0, 3\).*'dynamical_loss'.*Received 12 labels.*"
@@ -123,11 +140,7 @@ def test_fit_under_xla_raises_keeps_weights_finite_and_trains_valid_samples(spir
 
 def test_evaluate_under_xla_raises_and_says_evaluation(spiral):
     x, y = spiral
-    bad = y.copy()
-    bad[0] = 9
-    model = tiny_mlp()
-    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=True,
-                  loss=kd.DynamicalLoss(C, amplitude=A, period=T, from_logits=True))
+    model, bad = _model_and_bad_labels(y, [0], 9, jit=True)
     sched = kd.DynamicalLossScheduler()
     # clean training data, one bad validation label: the error names evaluation
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"Received 1 labels.*evaluation"):
