@@ -138,6 +138,8 @@ def main():
     p.add_argument("--probe-every", type=int, default=0, dest="probe_every")
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"),
                    help="dtype of our run (the JAX loop is float64, as the authors')")
+    p.add_argument("--repo", default=None,
+                   help="run ours from this checkout (e.g. an older commit, for before/after)")
     p.add_argument("--jax-loop", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -146,7 +148,8 @@ def main():
         return
     env = dict(os.environ)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a new user runs it
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.abspath(args.repo) if args.repo else os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     ours_t, jax_t = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +176,8 @@ def main():
             print(f"  run {run + 1}: ours {ours_t[-1]:6.2f} s   JAX {jax_t[-1]:6.2f} s")
     mo, mj = statistics.median(ours_t), statistics.median(jax_t)
     ratios = [a / b for a, b in zip(ours_t, jax_t)]
-    print(f"Fig. 4 whole process, {args.steps} steps, width {args.width}, ours {args.dtype}, "
+    print(f"Fig. 4 whole process, {args.steps} steps, width {args.width}, ours {args.dtype}"
+          f"{' from ' + args.repo if args.repo else ''}, "
           f"probes every {args.probe_every or 'never'}, {os.cpu_count()} CPU cores, "
           f"{args.runs} alternating runs")
     print(f"  python -m keras_dynloss fig4: median {mo:6.2f} s")

@@ -26,11 +26,11 @@ import os
 import statistics
 import time
 
-import keras
-import numpy as np
-import tensorflow as tf
+import keras_dynloss as kd  # first: imports TensorFlow without start-up noise
 
-import keras_dynloss as kd
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from keras_dynloss.datasets import spiral
 from keras_dynloss.experiments._spiral import build_mlp
 
@@ -74,6 +74,7 @@ def bare_runner(x, y, weights, args):
     step = tf.Variable(0, dtype=tf.int64)
     schedule = make_loss(args).schedule
     xt, yt = tf.constant(x), tf.constant(y)
+    lr = tf.constant(1.0, dtype)  # as SGD(1.0)
 
     def gd_step():
         w1, b1, w2, b2 = variables
@@ -84,7 +85,7 @@ def bare_runner(x, y, weights, args):
                                                             from_logits=True))
         grads = tape.gradient(loss, variables)
         for v, g in zip(variables, grads):
-            v.assign_sub(g)
+            v.assign_sub(lr * g)
         step.assign_add(1)
 
     @tf.function(jit_compile=args.jit)

@@ -22,6 +22,16 @@ about. :func:`import_tensorflow` (run by ``import keras_dynloss``) does this:
   FATAL line and anything else (Python warnings) is kept.
 
 Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything TensorFlow prints.
+
+Only in the command line (``python -m keras_dynloss ...`` or ``keras-dynloss
+...``, see :func:`is_command_line`), scikit-learn, IPython and JAX are hidden
+while TensorFlow loads: ``import tensorflow`` imports all of Keras, which
+imports them, if installed, for integrations the command line never uses
+(Keras's scikit-learn wrappers and notebook display, TFLite's JAX converter).
+That is about a third of TensorFlow's import time where they are installed
+(Colab). Those integrations are then unavailable in that process; the packages
+themselves can still be imported. A Python program that imports
+``keras_dynloss`` hides nothing.
 """
 
 import os
@@ -29,13 +39,18 @@ import re
 import sys
 import tempfile
 
-__all__ = ["import_tensorflow", "filter_log"]
+__all__ = ["import_tensorflow", "filter_log", "is_command_line", "CLI_HIDDEN"]
+
+#: Optional packages hidden from TensorFlow's import in the command line.
+CLI_HIDDEN = ("sklearn", "IPython", "jax")
 
 _SEVERITY = re.compile(r"^([IWEF])\d{4} ")
 _LEVELS = {"I": 0, "W": 1, "E": 2, "F": 3}
 _NO_DRIVER = "Could not find cuda drivers on your machine"
 _CUINIT = "failed call to cuInit"
 _ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
+# Known second lines of multi-line INFO messages (cpu_feature_guard.cc).
+_CONTINUATIONS = ("To enable the following instructions:",)
 
 
 def filter_log(text, *, min_level, cpu_only):
@@ -49,8 +64,8 @@ def filter_log(text, *, min_level, cpu_only):
             and no GPU, and the user did not choose a log level).
 
     Returns:
-        The kept text. Continuation lines of a dropped log line are dropped
-        with it; lines that are not log lines are kept.
+        The kept text. Known continuation lines of a dropped log line are
+        dropped with it; all other lines that are not log lines are kept.
     """
     kept, dropping = [], False
     for line in text.splitlines(keepends=True):
@@ -60,23 +75,40 @@ def filter_log(text, *, min_level, cpu_only):
                         or (cpu_only and _CUINIT in line))
         elif line.startswith(_ABSL_NOTICE):
             dropping = min_level > 0
-        elif dropping and _looks_like_python(line):
-            dropping = False
-        # Any other line continues the log line before it (e.g. the second line
-        # of the CPU-feature INFO message) and shares its fate.
+        elif not (dropping and line.startswith(_CONTINUATIONS)):
+            dropping = False  # anything else is not ours to drop
         if not dropping:
             kept.append(line)
     return "".join(kept)
 
 
-def _looks_like_python(line):
-    return line.startswith(("Traceback", "  File ")) or bool(
-        re.match(r"^\S+\.py:\d+: \w+(Warning|Error)", line)
-    )
+def is_command_line(orig_argv=None, script=None):
+    """True in a process started as ``python -m keras_dynloss`` or ``keras-dynloss``.
+
+    Args:
+        orig_argv: the interpreter's command line (default ``sys.orig_argv``,
+            Python >= 3.10; without it only the console script is recognised).
+        script: the main script's path (default ``sys.argv[0]``).
+    """
+    script = (sys.argv[0] if sys.argv else "") if script is None else script
+    if os.path.basename(script).split(".")[0] == "keras-dynloss":
+        return True
+    args = list((getattr(sys, "orig_argv", None) or []) if orig_argv is None else orig_argv)[1:]
+    while args and args[0].startswith("-") and args[0] != "-m":
+        if args[0] == "-c":
+            return False
+        args = args[2:] if args[0] in ("-X", "-W") else args[1:]
+    return len(args) >= 2 and args[0] == "-m" and args[1] in (
+        "keras_dynloss", "keras_dynloss.__main__")
 
 
-def import_tensorflow():
-    """Imports and returns ``tensorflow`` as described in the module docstring."""
+def import_tensorflow(hide=None):
+    """Imports and returns ``tensorflow`` as described in the module docstring.
+
+    Args:
+        hide: module names made unimportable while TensorFlow loads (default:
+            :data:`CLI_HIDDEN` in the command line, else none).
+    """
     if "tensorflow" in sys.modules:
         import tensorflow as tf
 
@@ -92,8 +124,18 @@ def import_tensorflow():
         saved = None
     captured = ""
     gpus = None
+    if hide is None:
+        hide = CLI_HIDDEN if is_command_line() else ()
+    hidden = [name for name in hide if name not in sys.modules]
     try:
-        import tensorflow as tf
+        for name in hidden:
+            sys.modules[name] = None  # `import name` raises ImportError
+        try:
+            import tensorflow as tf
+        finally:
+            for name in hidden:
+                if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
 
         try:
             gpus = tf.config.list_physical_devices("GPU")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from keras_dynloss._quiet_import import filter_log
+from keras_dynloss._quiet_import import filter_log, is_command_line
 
 LOG = re.compile(r"^[IWEF]\d{4} ", re.M)
 
@@ -18,6 +18,8 @@ I0000 00:00:1.1 1 port.cc:153] oneDNN custom operations are on.
 I0000 00:00:1.2 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
 I0000 00:00:1.3 1 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.
 To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.
+I0000 00:00:1.3 1 other_info.cc:1] more info
+import time:       532 |   61714633 | something printed to stderr
 /x/y.py:3: DeprecationWarning: something old
   import thing
 W0000 00:00:1.4 1 some.cc:1] a warning
@@ -32,7 +34,7 @@ def test_filter_drops_info_and_keeps_the_rest():
     out = filter_log(STARTUP, min_level=1, cpu_only=False)
     assert "I0000" not in out and "absl::InitializeLog" not in out
     assert "To enable the following instructions" not in out  # the INFO line's 2nd line
-    for kept in ("DeprecationWarning: something old\n  import thing", "a warning",
+    for kept in ("import time:", "DeprecationWarning: something old\n  import thing", "a warning",
                  "failed call to cuInit", "a real error\n  with a second line", "fatal"):
         assert kept in out
 
@@ -102,6 +104,8 @@ from keras_dynloss import curvature as sub  # noqa: the real subpackage
 names = {}
 exec("from keras_dynloss import *", names)
 missing = [n for n in sub.__all__ if names.get(n) is not getattr(sub, n)]
+wrapper = sys.modules["keras.src.wrappers.sklearn_wrapper"]
+print(wrapper.sklearn is not None)  # a program's import hides nothing
 print(kd.CurvatureProbe is sub.CurvatureProbe, kd.curvature is sub,
       sorted(kd.__all__) == sorted(kd._EAGER + sub.__all__), missing == [],
       "CurvatureProbe" in dir(kd), kd.DynamicalLoss.__name__)
@@ -113,6 +117,41 @@ except AttributeError as e:
 
 
 def test_curvature_names_resolve_lazily():
+    pytest.importorskip("sklearn")
     proc = _run(LAZY, TF_CPP_MIN_LOG_LEVEL="3")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True"] * 5 + ["DynamicalLoss", "True"]
+    assert proc.stdout.split() == ["True"] * 6 + ["DynamicalLoss", "True"]
+
+
+@pytest.mark.parametrize("orig_argv, script, expected", [
+    (["python", "-m", "keras_dynloss", "fig4"], "-m", True),
+    (["python", "-B", "-X", "importtime", "-m", "keras_dynloss"], "-m", True),
+    (["python", "-m", "keras_dynloss.__main__"], "-m", True),
+    (["python", "/venv/bin/keras-dynloss", "fig4"], "/venv/bin/keras-dynloss", True),
+    (["python", "-m", "keras_dynloss.cli"], "-m", False),
+    (["python", "-m", "pytest"], "-m", False),
+    (["python", "-c", "import keras_dynloss"], "-c", False),
+    (["python", "train.py"], "train.py", False),
+    ([], "", False),
+])
+def test_is_command_line(orig_argv, script, expected):
+    assert is_command_line(orig_argv, script) is expected
+
+
+CLI = """
+import sys
+sys.orig_argv = [sys.executable, "-m", "keras_dynloss", "fig4"]  # as the command line
+import keras_dynloss
+print(sys.modules["keras.src.wrappers.sklearn_wrapper"].sklearn is None,
+      sys.modules["keras.src.saving.file_editor"].ipython is None)
+import sklearn, IPython  # still importable afterwards
+print(sklearn.__name__, IPython.__name__)
+"""
+
+
+def test_command_line_hides_unused_integrations_from_tensorflow_only():
+    pytest.importorskip("sklearn")
+    pytest.importorskip("IPython")
+    proc = _run(CLI, TF_CPP_MIN_LOG_LEVEL="3")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "sklearn", "IPython"]

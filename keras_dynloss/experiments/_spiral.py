@@ -95,8 +95,10 @@ class FullBatchSequential(keras.Sequential):
     For full-batch gradient descent ``fit`` sees the whole training set as
     every batch (``tf.data.Dataset.from_tensors((x, y)).repeat()``), so ``K``
     updates on one batch are exactly ``K`` ordinary ``fit`` steps: same
-    forward pass, loss (Γ(t) read from ``optimizer.iterations``), gradient, ``optimizer.apply``, loss tracker and compiled metrics, once per
-    update. The ``K`` updates are one ``tf.while_loop`` inside the compiled
+    forward pass, loss (Γ(t) read from ``optimizer.iterations``), gradient,
+    ``optimizer.apply`` and compiled metrics once per update (the loss tracker
+    gets the K losses at once, as their mean with weight K · batch size). The
+    ``K`` updates are one ``tf.while_loop`` inside the compiled
     train step; with ``jit_compile=True`` one XLA loop, where Keras's own
     ``steps_per_execution`` loop would launch the XLA step once per update and
     fetch, wrap (``tf.experimental.Optional``) and branch (two ``tf.cond``)
@@ -126,24 +128,30 @@ class FullBatchSequential(keras.Sequential):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
         trackers = [m for m in self.metrics if m.name == "loss"]
-        batch = tf.shape(x)[0]
+        others = [m for m in self.metrics if m.name != "loss"]
 
-        def update(i):
+        def update(i, loss_sum):
             step = tf.convert_to_tensor(self.optimizer.iterations)  # t, before the update
             with tf.GradientTape() as tape:
                 y_pred = self(x, training=True)
                 loss = self._total_loss(x, y, y_pred, sample_weight)
             self.optimizer.apply(tape.gradient(loss, variables), variables)
-            for tracker in trackers:
-                tracker.update_state(loss, sample_weight=batch)
-            self.compute_metrics(x, y, y_pred, sample_weight)
+            for metric in others:  # compiled metrics, on this update's predictions
+                metric.update_state(y, y_pred, sample_weight=sample_weight)
             if self.recorder is not None:
                 labels = tf.cast(tf.reshape(y, [-1]), tf.int64)
                 hits = tf.equal(tf.argmax(y_pred, -1), labels)
                 self.recorder.record(step, loss, tf.reduce_mean(tf.cast(hits, loss.dtype)))
-            return (i + 1,)
+            return i + 1, loss_sum + tf.cast(loss, loss_sum.dtype)
 
-        tf.while_loop(lambda i: i < self.updates_per_batch, update, (tf.constant(0),))
+        k = self.updates_per_batch
+        _, loss_sum = tf.while_loop(lambda i, _: i < k, update,
+                                    (tf.constant(0), tf.constant(0.0, tf.float64)))
+        # The loss tracker once per batch: the mean of the K losses with weight
+        # K · batch size is what K per-update calls would accumulate.
+        batch = tf.cast(tf.shape(x)[0], tf.float64)
+        for tracker in trackers:
+            tracker.update_state(loss_sum / k, sample_weight=k * batch)
         return self.get_metrics_result()
 
     def _total_loss(self, x, y, y_pred, sample_weight):
