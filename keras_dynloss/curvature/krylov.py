@@ -163,7 +163,8 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
     state = (tf.constant(0), q0, tf.zeros_like(q0), tf.constant(0.0, tf.float64), basis0, zeros, zeros,
              tf.constant(0), tf.constant(False))
     j, _, _, _, basis, alphas, betas, breaks, _ = tf.while_loop(
-        lambda j, *rest: tf.logical_and(j < order, tf.logical_not(rest[-1])), body, state
+        lambda j, *rest: tf.logical_and(j < order, tf.logical_not(rest[-1])), body, state,
+        parallel_iterations=1,
     )
     return LanczosRun(alphas=alphas, betas=betas, basis=basis, steps=j, breakdowns=breaks)
 
@@ -200,6 +201,7 @@ def hutchinson_loop(matvec, n, num_samples, seed, distribution="rademacher"):
         return i + 1, tf.tensor_scatter_nd_update(samples, [[i]], [value])
 
     _, samples = tf.while_loop(
-        lambda i, _: i < num_samples, body, (tf.constant(0), tf.zeros([num_samples], tf.float64))
+        lambda i, _: i < num_samples, body, (tf.constant(0), tf.zeros([num_samples], tf.float64)),
+        parallel_iterations=1,  # one product (one backward pass) in memory at a time
     )
     return samples

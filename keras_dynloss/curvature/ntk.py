@@ -52,7 +52,8 @@ def ntk_matvec_fn(flat, *, trace_outputs=True, training=False, num_outputs):
                 return c + 1, total + tf.cast(jvp(theta, x, w)[:, c], u.dtype)
 
             _, total = tf.while_loop(
-                lambda c, _: c < num_outputs, body, (tf.constant(0), tf.zeros_like(u))
+                lambda c, _: c < num_outputs, body, (tf.constant(0), tf.zeros_like(u)),
+                parallel_iterations=1,  # one VJP/JVP pair in memory at a time
             )
             return total
 
