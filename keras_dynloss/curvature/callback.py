@@ -79,7 +79,9 @@ class CurvatureProbe(keras.callbacks.Callback):
     state update; it writes no variable and uses no global RNG. When the loss
     object or its `schedule` changes (e.g. `DynamicalLossScheduler(
     period_epochs=k)` sets a new period at `fit` start), the probe is rebuilt
-    (and its warm start reset) before its next run. Under mixed precision
+    (and its warm start reset) before its next run; put the scheduler first
+    in `callbacks` so that the probe at train begin already sees the change.
+    A dynamical loss not yet bound to a step is probed at the optimizer's. Under mixed precision
     every product is computed in float32 (see `FlatParameters.full_precision`);
     the Krylov loops run in float64.
 
