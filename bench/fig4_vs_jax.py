@@ -120,9 +120,9 @@ def jax_loop(steps, period, width, probe_every, out):
     print(f"JAX: final accuracy {float(accs[-1]):.4f}")
 
 
-def timed(cmd, env):
+def timed(cmd, env, cwd):
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -162,7 +162,7 @@ def main():
                   "--width", str(args.width), "--probe-every", str(args.probe_every),
                   "--out", os.path.join(tmp, "jax.npz")]
         for run in range(args.runs):
-            s, proc = timed(ours, env)
+            s, proc = timed(ours, env, tmp)  # cwd: not this checkout (see --repo)
             ours_t.append(s)
             if run == 0:
                 noise = proc.stderr.strip()
@@ -171,7 +171,7 @@ def main():
                 for name in ("fig4.json", "fig4.png"):
                     if not os.path.exists(os.path.join(tmp, name)):
                         sys.exit(f"ours did not write {name}")
-            s, _ = timed(theirs, env)
+            s, _ = timed(theirs, env, tmp)
             jax_t.append(s)
             print(f"  run {run + 1}: ours {ours_t[-1]:6.2f} s   JAX {jax_t[-1]:6.2f} s")
     mo, mj = statistics.median(ours_t), statistics.median(jax_t)

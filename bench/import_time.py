@@ -18,8 +18,9 @@ import time
 
 def timed(code, env):
     start = time.perf_counter()
+    # cwd: a neutral folder, so that PYTHONPATH (this checkout or --repo) decides
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True)
+                          text=True, cwd=os.path.expanduser("~"))
     seconds = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"{code!r} failed:\n{proc.stderr}")

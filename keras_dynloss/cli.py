@@ -48,6 +48,10 @@ def _common(p):
     p.add_argument("--probe-every", type=int, default=None, dest="probe_every",
                    help="curvature probe interval in steps (0 = probes off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="TensorFlow CPU threads of this process (default: 1 for fig4 and "
+                        "width-sweep, whose small model runs fastest on one thread; 0 = "
+                        "TensorFlow's default; worker processes get cores / processes)")
 
 
 def build_parser():
@@ -209,6 +213,13 @@ def main(argv=None):
         if value is not None and value < (0 if name == "probe_every" else 1):
             raise SystemExit(f"keras-dynloss: error: --{name.replace('_', '-')} must be "
                              f">= {0 if name == 'probe_every' else 1}, got {value}")
+    from keras_dynloss._quiet_import import is_command_line
+    from keras_dynloss.experiments._common import set_cpu_threads
+
+    # One thread for the spiral in the command line's own process (a program
+    # calling main() keeps its threads unless it passes --threads).
+    set_cpu_threads(args.threads if args.threads is not None else 1 if (
+        args.command in ("fig4", "width-sweep") and is_command_line()) else 0)
     paths = _COMMANDS[args.command](args)
     for path in paths:
         print(f"wrote {path}")

@@ -88,3 +88,35 @@ def test_two_cpu_workers_end_to_end():
     np.testing.assert_allclose([r["final_loss"] for r in pooled],
                                [r["final_loss"] for r in inline], rtol=1e-10)
     assert len({round(r["final_loss"], 12) for r in inline}) == 3
+
+
+def test_set_cpu_threads(monkeypatch):
+    fake = FakeConfig(monkeypatch, 0)
+    assert _common.set_cpu_threads(2) is True and fake.threads == [2, 2]
+    assert _common.set_cpu_threads(0) is False and fake.threads == [2, 2]
+    with pytest.raises(ValueError, match="Invalid value for argument `threads`"):
+        _common.set_cpu_threads(-1)
+
+    def too_late(n):
+        raise RuntimeError("Intra op parallelism cannot be modified after initialization.")
+
+    monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads", too_late)
+    assert _common.set_cpu_threads(1) is False
+
+
+@pytest.mark.parametrize("argv, command_line, expected", [
+    (["fig4"], True, [1]),  # python -m keras_dynloss fig4: one thread
+    (["width-sweep"], True, [1]),
+    (["overparam"], True, [0]),  # TensorFlow's default
+    (["fig4"], False, [0]),  # cli.main() from a program: its threads are its own
+    (["fig4", "--threads", "3"], False, [3]),
+])
+def test_cli_threads(monkeypatch, argv, command_line, expected):
+    from keras_dynloss import _quiet_import, cli
+
+    calls = []
+    monkeypatch.setattr(_common, "set_cpu_threads", lambda n, tf=None: calls.append(n))
+    monkeypatch.setattr(_quiet_import, "is_command_line", lambda: command_line)
+    monkeypatch.setitem(cli._COMMANDS, argv[0], lambda args: [])
+    assert cli.main(argv) == 0
+    assert calls == expected

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-__all__ = ["clean_json", "write_json", "run_jobs", "configure_worker_devices"]
+__all__ = ["clean_json", "write_json", "run_jobs", "configure_worker_devices",
+           "set_cpu_threads"]
 
 
 def clean_json(obj, digits=None):
@@ -72,6 +73,35 @@ def configure_worker_devices(index, tf=None):
     return gpu.name
 
 
+def set_cpu_threads(threads, tf=None):
+    """Sets TensorFlow's intra- and inter-op CPU threads of this process.
+
+    One thread is fastest for the spiral's 300 x 100 model (an XLA loop of
+    small kernels: more threads only add hand-offs, which a loaded machine
+    makes slow). Must run before TensorFlow's first op; later it changes
+    nothing (TensorFlow refuses, silently here).
+
+    Args:
+        threads: threads (>= 1), or 0 for TensorFlow's default.
+        tf: the ``tensorflow`` module (a stand-in in tests); imported if None.
+
+    Returns:
+        True if set, False if ``threads`` is 0 or TensorFlow had started.
+    """
+    from keras_dynloss._checks import check_int
+
+    if not check_int("threads", threads, minimum=0):
+        return False
+    if tf is None:
+        import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        return False
+    return True
+
+
 def _init_worker(threads, counter=None):
     """Pool initializer: TensorFlow imported as ``import keras_dynloss`` does it
     (without start-up noise), a share of the CPU threads, one GPU (see
@@ -85,11 +115,7 @@ def _init_worker(threads, counter=None):
             index = counter.value
             counter.value += 1
     configure_worker_devices(index, tf)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass
+    set_cpu_threads(threads, tf)
 
 
 def run_jobs(fn, jobs, *, processes=None, progress=True, label="runs"):
