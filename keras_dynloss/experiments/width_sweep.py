@@ -23,7 +23,7 @@ import warnings
 from keras_dynloss._checks import invalid
 from keras_dynloss.experiments import stats
 from keras_dynloss.experiments._common import run_jobs, write_json
-from keras_dynloss.experiments._losses import LOSSES, cell_label, spiral_loss
+from keras_dynloss.experiments._losses import cell_label, spiral_loss
 from keras_dynloss.experiments._provenance import provenance
 
 __all__ = ["run", "summarize", "compare_amplitudes", "compare_reference", "load_reference",
