@@ -11,6 +11,7 @@ writes ``DIR/<command>.json`` and ``DIR/<command>.png`` (default ``DIR=runs``).
 """
 
 import argparse
+import os
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -108,6 +109,9 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None, dest="batch_size")
     p.add_argument("--learning-rate", type=float, default=None, dest="learning_rate")
     p.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the runs of OUT/overparam.json (same settings; more seeds, "
+                        "amplitudes or periods are trained, the rest is kept)")
     p.add_argument("--processes", type=int, default=None, help="worker processes")
     return parser
 
@@ -188,8 +192,14 @@ def _overparam(args):
     if args.steps is not None or args.epochs is not None:
         cfg["epochs"] = args.epochs if args.epochs is not None else args.steps
     processes = args.processes or (1 if args.quick else None)
+    previous = None
+    if args.resume and os.path.exists(os.path.join(args.out, "overparam.json")):
+        import json
+
+        with open(os.path.join(args.out, "overparam.json")) as f:
+            previous = json.load(f)
     result = overparam.run(data=args.data, model=args.model, processes=processes,
-                           progress=not args.no_progress, **cfg)
+                           progress=not args.no_progress, previous=previous, **cfg)
     paths = overparam.write(result, args.out)
     print(overparam.table(result))
     return paths

@@ -167,6 +167,22 @@ def test_overparam_quick(tmp_path, capsys):
     assert "| A | period (epochs) | n |" in capsys.readouterr().out
 
 
+def test_overparam_resume_reuses_runs(tmp_path):
+    args = ["overparam", "--quick", "--out", str(tmp_path), "--no-progress", "--seeds", "0"]
+    cli.main(args)
+    first = _outputs(tmp_path, "overparam")
+    cli.main(args[:-1] + ["0,1", "--resume"])
+    both = _outputs(tmp_path, "overparam")
+    assert both["config"]["reused_runs"] == 2 and both["config"]["seeds"] == [0, 1]
+    old = {(r["amplitude"], r["seed"]): r for r in first["rows"]}
+    for r in both["rows"]:
+        if r["seed"] == 0:  # reused as stored (a retrained run would differ in `seconds`)
+            assert r == dict(old[(r["amplitude"], 0)], git_commit=first["config"]["git_commit"])
+    assert [s["n"] for s in both["summary"]] == [2, 2]
+    with pytest.raises(ValueError, match="Invalid value for argument `previous`.*width"):
+        cli.main(args + ["--resume", "--width", "8"])
+
+
 def test_overparam_comparison_by_hand():
     from keras_dynloss.experiments import overparam
 

@@ -153,7 +153,7 @@ def _one(*, x_train, y_train, x_test, y_test, amplitude, period, seed, width, ep
 def run(*, amplitudes=DEFAULTS["amplitudes"], periods=DEFAULTS["periods"],
         seeds=DEFAULTS["seeds"], width=512, train_size=2000, test_size=10000, epochs=60,
         batch_size=50, learning_rate=0.1, momentum=0.0, data="auto", model="auto",
-        processes=None, progress=True):
+        processes=None, progress=True, previous=None):
     """Trains the grid and returns the JSON-ready result.
 
     Args:
@@ -170,10 +170,13 @@ def run(*, amplitudes=DEFAULTS["amplitudes"], periods=DEFAULTS["periods"],
             inputs are standardised with the training subset's pixel mean and std.
         processes: worker processes (default ``os.cpu_count()``).
         progress: progress bar.
+        previous: an earlier result of the same settings (amplitudes, periods and
+            seeds may differ); its runs are reused, not retrained (``--resume``).
 
     Returns:
-        A dict with ``config`` (with the git commit), ``rows`` ({amplitude,
-        period, seed, train_acc, test_acc, ...}; A=1 rows have ``period`` None),
+        A dict with ``config`` (with the git commit and ``reused_runs``), ``rows``
+        ({amplitude, period, seed, train_acc, test_acc, ..., git_commit of the run};
+        A=1 rows have ``period`` None),
         ``summary`` (:func:`summarize`) and ``comparison`` (:func:`compare`).
     """
     if model == "auto":
@@ -205,7 +208,6 @@ def run(*, amplitudes=DEFAULTS["amplitudes"], periods=DEFAULTS["periods"],
         for p in ([periods[0]] if a == 1 else periods):
             for s in seeds:
                 combos.append((float(a), int(p), int(s)))
-    jobs = [dict(common, amplitude=a, period=p, seed=s) for a, p, s in combos]
     config = dict(amplitudes=list(amplitudes), periods=list(periods), seeds=list(seeds),
                   width=width, train_size=len(x_tr), test_size=len(x_te), epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, momentum=momentum,
@@ -215,14 +217,42 @@ def run(*, amplitudes=DEFAULTS["amplitudes"], periods=DEFAULTS["periods"],
                   parameters=_count_params(model, x_tr.shape[1:], num_classes, width),
                   optimizer="SGD minibatch" + (f", momentum {momentum:g}" if momentum else ""),
                   static="last `period` epochs", **provenance())
+    reuse = _reusable(previous, config)
+    key = lambda a, p, s: (float(a), None if a == 1 else int(p), int(s))  # noqa: E731
+    jobs = [dict(common, amplitude=a, period=p, seed=s) for a, p, s in combos
+            if key(a, p, s) not in reuse]
     start = time.perf_counter()
-    rows = run_jobs(_one, jobs, processes=processes, progress=progress, label="overparam")
-    for r in rows:
+    new = run_jobs(_one, jobs, processes=processes, progress=progress, label="overparam")
+    for r in new:
+        r["git_commit"] = config["git_commit"]
         if r["amplitude"] == 1:
             r["period"] = None
+    new = {key(r["amplitude"], r["period"], r["seed"]): r for r in new}
+    rows = [reuse.get(k) or new[k] for k in (key(*c) for c in combos)]
+    config["reused_runs"] = len(combos) - len(jobs)
     return dict(experiment="overparam", config=config, rows=rows,
                 summary=summarize(rows, periods), comparison=compare(rows, periods),
                 seconds=time.perf_counter() - start)
+
+
+_MAY_DIFFER = ("amplitudes", "periods", "seeds", "git_commit", "git_dirty", "git_dirty_files",
+               "versions", "reused_runs")
+
+
+def _reusable(previous, config):
+    """``{(A, period or None, seed): row}`` of ``previous`` if its settings match."""
+    if previous is None:
+        return {}
+    old = {k: v for k, v in previous["config"].items() if k not in _MAY_DIFFER}
+    now = {k: v for k, v in config.items() if k not in _MAY_DIFFER}
+    if old != now:
+        diff = {k: (old.get(k), now.get(k)) for k in old.keys() | now.keys()
+                if old.get(k) != now.get(k)}
+        raise ValueError("Invalid value for argument `previous`: expected a result with the "
+                         f"same settings. Received: previous with (old, new) = {diff}")
+    commit = previous["config"].get("git_commit")
+    return {(float(r["amplitude"]), r["period"], int(r["seed"])): dict(
+        {"git_commit": commit}, **r) for r in previous["rows"]}
 
 
 def _count_params(kind, input_shape, num_classes, width):
