@@ -26,6 +26,7 @@ dependency of the package (``pip install -e ".[bench]"``).
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -121,12 +122,16 @@ def jax_loop(steps, period, width, probe_every, out):
 
 
 def timed(cmd, env, cwd):
+    """Wall seconds, CPU seconds (user + sys, all threads) and the finished process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return seconds, proc
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, proc
 
 
 def main():
@@ -151,7 +156,7 @@ def main():
     repo = os.path.abspath(args.repo) if args.repo else os.path.dirname(
         os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    ours_t, jax_t = [], []
+    ours_t, jax_t, ours_c, jax_c = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         ours = [sys.executable, "-m", "keras_dynloss", "fig4", "--steps", str(args.steps),
                 "--period", str(args.period), "--width", str(args.width),
@@ -162,8 +167,9 @@ def main():
                   "--width", str(args.width), "--probe-every", str(args.probe_every),
                   "--out", os.path.join(tmp, "jax.npz")]
         for run in range(args.runs):
-            s, proc = timed(ours, env, tmp)  # cwd: not this checkout (see --repo)
+            s, c, proc = timed(ours, env, tmp)  # cwd: not this checkout (see --repo)
             ours_t.append(s)
+            ours_c.append(c)
             if run == 0:
                 noise = proc.stderr.strip()
                 if noise:
@@ -171,19 +177,22 @@ def main():
                 for name in ("fig4.json", "fig4.png"):
                     if not os.path.exists(os.path.join(tmp, name)):
                         sys.exit(f"ours did not write {name}")
-            s, _ = timed(theirs, env, tmp)
+            s, c, _ = timed(theirs, env, tmp)
             jax_t.append(s)
-            print(f"  run {run + 1}: ours {ours_t[-1]:6.2f} s   JAX {jax_t[-1]:6.2f} s")
+            jax_c.append(c)
+            print(f"  run {run + 1}: ours {ours_t[-1]:6.2f} s ({ours_c[-1]:5.1f} s CPU)   "
+                  f"JAX {jax_t[-1]:6.2f} s ({jax_c[-1]:5.1f} s CPU)", flush=True)
     mo, mj = statistics.median(ours_t), statistics.median(jax_t)
     ratios = [a / b for a, b in zip(ours_t, jax_t)]
     print(f"Fig. 4 whole process, {args.steps} steps, width {args.width}, ours {args.dtype}"
           f"{' from ' + args.repo if args.repo else ''}, "
           f"probes every {args.probe_every or 'never'}, {os.cpu_count()} CPU cores, "
           f"{args.runs} alternating runs")
-    print(f"  python -m keras_dynloss fig4: median {mo:6.2f} s")
-    print(f"  JAX float64 loop:             median {mj:6.2f} s")
+    co, cj = statistics.median(ours_c), statistics.median(jax_c)
+    print(f"  python -m keras_dynloss fig4: median {mo:6.2f} s  ({co:5.1f} s CPU)")
+    print(f"  JAX float64 loop:             median {mj:6.2f} s  ({cj:5.1f} s CPU)")
     print(f"  ratio ours / JAX: {mo / mj:.3f} (median of paired ratios "
-          f"{statistics.median(ratios):.3f})")
+          f"{statistics.median(ratios):.3f}; CPU time {co / cj:.3f})")
 
 
 if __name__ == "__main__":
