@@ -18,7 +18,7 @@ alternately ``--runs`` times after one untimed warm-up (trace / compile) each:
 ``--jit`` XLA-compiles all three (``jit_compile=True``). Prints the median times,
 µs/step and the ratios fit / bare (targets: <= 1.1; <= 1.2 with ``--jit``).
 
-    python bench/fit_speed.py [--steps 70000] [--dtype float64] [--jit] [--runs 3]
+    python bench/fit_speed.py [--steps 70000] [--dtype float64] [--jit] [--runs 3] [--threads 1]
 """
 
 import argparse
@@ -32,6 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras_dynloss.datasets import spiral
+from keras_dynloss.experiments._common import set_cpu_threads
 from keras_dynloss.experiments._spiral import build_mlp
 
 
@@ -128,6 +129,9 @@ def main():
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     p.add_argument("--jit", action="store_true", help="XLA-compile all three")
     p.add_argument("--runs", type=int, default=3, help="alternating timed runs of each")
+    p.add_argument("--threads", type=int, default=1,
+                   help="TensorFlow CPU threads (1, as python -m keras_dynloss uses for the "
+                        "spiral; 0 = TensorFlow's default)")
     p.add_argument("--no-keras-loop", action="store_true", dest="no_keras_loop",
                    help="skip the Keras-loop fit (slow under --jit)")
     args = p.parse_args()
@@ -135,6 +139,7 @@ def main():
             or args.steps_per_epoch % args.chunk:
         p.error("--steps must be a multiple of --steps-per-epoch, and --steps-per-epoch "
                 "a multiple of --spe and --chunk")
+    set_cpu_threads(args.threads)
     x, y = spiral(dtype=args.dtype)
     weights = build_mlp(args.width, dtype=args.dtype, seed=0).get_weights()
     runners = {"fit, full batch": fit_runner(x, y, weights, args, full_batch=True)}
@@ -149,7 +154,8 @@ def main():
             times[name].append(seconds)
     med = {name: statistics.median(t) for name, t in times.items()}
     print(f"Fig. 4 loss-only run: {args.steps} steps, width {args.width}, {args.dtype}, "
-          f"jit_compile={args.jit}, {os.cpu_count()} CPU cores, medians of {args.runs} "
+          f"jit_compile={args.jit}, {args.threads or 'default'} TF threads, "
+          f"{os.cpu_count()} CPU cores, medians of {args.runs} "
           f"alternating runs")
     for name, seconds in med.items():
         detail = {"fit, full batch": f"{args.chunk} GD steps per batch",

@@ -24,10 +24,11 @@ about. :func:`import_tensorflow` (run by ``import keras_dynloss``) does this:
 Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything TensorFlow prints.
 
 Only in the command line (``python -m keras_dynloss ...`` or ``keras-dynloss
-...``, see :func:`is_command_line`), scikit-learn, IPython and JAX are hidden
-while TensorFlow loads: ``import tensorflow`` imports all of Keras, which
+...``, see :func:`is_command_line`), scikit-learn, IPython, JAX and SciPy are
+hidden while TensorFlow loads: ``import tensorflow`` imports all of Keras, which
 imports them, if installed, for integrations the command line never uses
-(Keras's scikit-learn wrappers and notebook display, TFLite's JAX converter).
+(Keras's scikit-learn wrappers and notebook display, TFLite's JAX converter,
+sparse inputs of TensorFlow's legacy v1 Keras).
 That is about a third of TensorFlow's import time where they are installed
 (Colab). Those integrations are then unavailable in that process; the packages
 themselves can still be imported. A Python program that imports
@@ -42,7 +43,7 @@ import tempfile
 __all__ = ["import_tensorflow", "filter_log", "is_command_line", "CLI_HIDDEN"]
 
 #: Optional packages hidden from TensorFlow's import in the command line.
-CLI_HIDDEN = ("sklearn", "IPython", "jax")
+CLI_HIDDEN = ("sklearn", "IPython", "jax", "scipy")
 
 _SEVERITY = re.compile(r"^([IWEF])\d{4} ")
 _LEVELS = {"I": 0, "W": 1, "E": 2, "F": 3}

@@ -155,3 +155,40 @@ def test_command_line_hides_unused_integrations_from_tensorflow_only():
     proc = _run(CLI, TF_CPP_MIN_LOG_LEVEL="3")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True", "sklearn", "IPython"]
+
+
+def test_python_m_keras_dynloss_is_quiet_end_to_end(tmp_path):
+    # The command line as a user runs it: quiet start (no INFO, no CPU-only
+    # cuInit error), one thread, sklearn/IPython/JAX/SciPy hidden from
+    # TensorFlow's import, outputs written, exit code 0.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_dynloss", "fig4", "--steps", "20", "--period", "10",
+         "--width", "4", "--probe-every", "0", "--no-progress", "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "fig4.json").exists() and (tmp_path / "fig4.png").exists()
+    assert not re.search(r"^[IE]\d{4} ", proc.stderr, re.M), proc.stderr
+    assert "final training accuracy" in proc.stdout
+
+
+def test_main_module_freezes_the_collector_around_the_command(monkeypatch):
+    import gc
+
+    from keras_dynloss import __main__ as entry
+
+    events = []
+    monkeypatch.setattr(gc, "freeze", lambda: events.append("freeze"))
+    monkeypatch.setattr(entry, "main", lambda argv: events.append(("main", argv)) or 7)
+    assert entry.run(["fig4"]) == 7
+    assert events == ["freeze", ("main", ["fig4"]), "freeze"]
+
+    def fails(argv):
+        raise SystemExit(2)
+
+    events.clear()
+    monkeypatch.setattr(entry, "main", fails)
+    with pytest.raises(SystemExit):
+        entry.run([])
+    assert events == ["freeze", "freeze"]

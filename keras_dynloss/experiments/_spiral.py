@@ -171,10 +171,15 @@ class FullBatchSequential(keras.Sequential):
 
 
 class ProgressBar(keras.callbacks.Callback):
-    """A one-line progress bar on stderr, updated at each epoch end (cheap)."""
+    """A one-line progress bar on stderr, updated at each epoch end (cheap).
 
-    def __init__(self, total_steps, label="", stream=None, enabled=True):
+    Shows the training accuracy: a :class:`StepRecorder`'s at the last step if
+    given, else ``logs["accuracy"]``.
+    """
+
+    def __init__(self, total_steps, label="", stream=None, enabled=True, recorder=None):
         super().__init__()
+        self.recorder = recorder
         self.total = int(total_steps)
         self.label = label
         self.enabled = enabled
@@ -194,7 +199,10 @@ class ProgressBar(keras.callbacks.Callback):
         frac = min(done / max(self.total, 1), 1.0)
         bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
         elapsed = time.perf_counter() - self._start
-        acc = logs.get("accuracy") if logs else None
+        if self.recorder is not None and 0 < done <= self.recorder.num_steps:
+            acc = float(self.recorder.buffer[done - 1, 1])  # at the last step
+        else:
+            acc = logs.get("accuracy") if logs else None
         extra = f" acc {acc:.3f}" if acc is not None else ""
         stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {elapsed:5.1f}s{extra}")
         if done >= self.total:
@@ -224,7 +232,7 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         probe_ntk: also probe the NTK.
         steps_per_execution: GD steps per compiled call, the
             ``updates_per_batch`` of :class:`FullBatchSequential` (default:
-            ``probe_every`` or 1000).
+            ``probe_every``, else ``max(1000, steps // 20)``).
         jit_compile: compile the training loop with XLA (``model.compile``'s
             argument). XLA runs the whole loop of GD steps as one computation,
             several times faster for this small model on a CPU; off, the loop is
@@ -249,16 +257,20 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
     loss = spiral_loss(loss, num_classes, amplitude=amplitude, period=period,
                        static_after=static_after, dtype=dtype)
     optimizer = keras.optimizers.SGD(learning_rate)
-    if steps_per_execution is None:
-        steps_per_execution = probe_every if probe_every else 1000
+    if steps_per_execution is None:  # about 20 batches (progress-bar updates) a run
+        steps_per_execution = probe_every if probe_every else max(1000, steps // 20)
     per_batch = max(1, min(int(steps_per_execution), steps))
     recorder = StepRecorder(steps, dtype) if record else None
     model = build_mlp(width, num_classes, seed=seed, dtype=dtype,
                       updates_per_batch=per_batch, recorder=recorder)
     optimizer.build(model.trainable_variables)
 
+    # The progress bar shows the accuracy: the recorder's at the last step, or
+    # Keras's mean over the epoch (a metric computed only if shown).
+    metrics = ["accuracy"] if progress and recorder is None else []
+
     def compile_model():
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"],
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                       jit_compile=jit_compile)
 
     compile_model()
@@ -270,7 +282,7 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         probe = CurvatureProbe((x, y), every_n_steps=probe_every, ntk=probe_ntk,
                                lanczos_order=10, ntk_order=10)
         callbacks.append(probe)
-    callbacks.append(ProgressBar(steps, label=label, enabled=progress))
+    callbacks.append(ProgressBar(steps, label=label, enabled=progress, recorder=recorder))
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     fit = dict(callbacks=callbacks, verbose=0, shuffle=False)
     start = time.perf_counter()
