@@ -19,7 +19,7 @@ output), alternated ``--runs`` times; prints the medians and their ratio
   every P steps (no NTK: ours does strictly more work there).
 
 ``pip install jax`` (CPU) is needed for the JAX side only; it is not a
-dependency of the package (``pip install -e ".[bench]"``).
+dependency of the package.
 
     python bench/fig4_vs_jax.py [--runs 5] [--steps 70000] [--probe-every 0]
 """
