@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Regenerates the published results of issue 10 (results runs, not tests):
-# about 2 h on 2 CPU cores shared with other work. Each command writes
-# DIR/<command>.json (with the git commit it ran at), .md and .png; logs in results/logs/.
+# Regenerates the published results of issue 10 (results runs, not tests). On 2 CPU cores
+# shared with other work: width sweep 27 min (before the full-batch loop was sped up; now
+# about 7 min), each DMSE sweep about 7 min, CNN grid about 55 min, MLP grid about 4 min.
+# Each command writes DIR/<command>.json (with the git commit it ran at), .md and .png;
+# logs go to results/logs/. The published files were made by these commands in three
+# sessions (logs: run_issue10.log, run_issue10_more.log, run_issue10_seeds.log); the
+# overparam grids first ran with 4 (CNN) and 3 (MLP) seeds and were extended to 6 with
+# --resume, which keeps the earlier runs.
 set -u
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
@@ -16,14 +21,15 @@ step() {  # step NAME ARGS...: one CLI run, its output in results/logs/NAME.log
 step width-sweep width-sweep --out results --processes 2 --seeds 0-9 \
     --widths 4,8,16,24,32,48 --amplitudes 1,70 \
     --reference results/reference/spiral_width_reference.json
-# (ii) the follow-up's losses (A = 1 of both DMSE readings is the same plain MSE)
-step width-sweep-dmse width-sweep --out results/width-sweep-dmse --loss dmse \
-    --processes 2 --seeds 0-4 --widths 4,8,16,24,32,48 --amplitudes 1,70
-step width-sweep-dmse-componentwise width-sweep --out results/width-sweep-dmse-componentwise \
-    --loss dmse-componentwise --processes 2 --seeds 0-4 --widths 4,8,16,24,32,48 --amplitudes 1,70
-# (iii) Myrtle CNN on 1000 offline Fashion-MNIST images, A x period, 4 seeds
+# (ii) the follow-up's losses, both DMSE readings (A = 1 of both is the same plain MSE)
+for loss in dmse dmse-componentwise; do
+  step "width-sweep-$loss-10seeds" width-sweep --out "results/width-sweep-$loss-10seeds" \
+      --loss "$loss" --processes 2 --seeds 0-9 --widths 4,8,16,24,32,48 --amplitudes 1,70
+done
+# (iii) Myrtle CNN on 1000 offline Fashion-MNIST images, A x period, 6 seeds
 step overparam-myrtle overparam --out results/overparam-myrtle --model myrtle --data offline \
-    --processes 2
-# (iv) the MLP grid again with the new statistics
-step overparam-mlp overparam --out results --model mlp --data offline --processes 2
+    --processes 2 --seeds 0-5 --resume
+# (iv) the MLP grid on 2000 images, 6 seeds
+step overparam-mlp overparam --out results --model mlp --data offline --processes 2 \
+    --seeds 0-5 --resume
 log done
