@@ -9,7 +9,7 @@ about. :func:`import_tensorflow` (run by ``import keras_dynloss``) does this:
 * If TensorFlow is already imported, nothing (the user's process, the user's logs);
   nor if ``KERAS_BACKEND`` names another backend (the package then refuses to load).
 * If ``TF_CPP_MIN_LOG_LEVEL`` is unset, it is set to ``1`` (hide INFO, keep
-  WARNING / ERROR / FATAL) while TensorFlow loads — TensorFlow reads it once, so
+  WARNING / ERROR / FATAL; ``2`` in the command line, which hides WARNING too) while TensorFlow loads — TensorFlow reads it once, so
   later INFO lines such as XLA's "Compiled cluster using XLA!" stay hidden too —
   and unset again afterwards, so child processes see the user's environment.
 * File descriptor 2 is captured while TensorFlow loads and lists its GPUs (which
@@ -117,8 +117,11 @@ def import_tensorflow(hide=None):
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return None  # keras_dynloss refuses other backends: no need to load TensorFlow
     user_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    command_line = is_command_line()
     if user_level is None:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+        # The command line also hides WARNING lines: XLA logs "Not handling type
+        # DT_DOUBLE" many times in every float64 run, noise for the experiments.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if command_line else "1"
     try:
         saved = _capture_stderr()
     except OSError:  # no usable fd 2 (e.g. closed): import as is
@@ -126,7 +129,7 @@ def import_tensorflow(hide=None):
     captured = ""
     gpus = None
     if hide is None:
-        hide = CLI_HIDDEN if is_command_line() else ()
+        hide = CLI_HIDDEN if command_line else ()
     hidden = [name for name in hide if name not in sys.modules]
     try:
         for name in hidden:
