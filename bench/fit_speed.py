@@ -57,12 +57,12 @@ def fit_runner(x, y, weights, args, full_batch):
     def run():
         model.set_weights(weights)
         model.optimizer.iterations.assign(0)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.fit(data, epochs=epochs, steps_per_epoch=args.steps_per_epoch // batch_steps,
                   verbose=0, callbacks=cb, shuffle=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert int(model.optimizer.iterations.numpy()) == args.steps
-        return seconds, model.get_weights()
+        return seconds, cpu, model.get_weights()
 
     model.fit(data, epochs=1, steps_per_epoch=max(1, args.spe // batch_steps), verbose=0,
               callbacks=cb, shuffle=False)  # trace / compile
@@ -100,12 +100,12 @@ def bare_runner(x, y, weights, args):
         for v, w in zip(variables, weights):
             v.assign(w)
         step.assign(0)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.steps // args.chunk):
             chunk(n)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert int(step.numpy()) == args.steps
-        return seconds, [v.numpy() for v in variables]
+        return seconds, cpu, [v.numpy() for v in variables]
 
     chunk(n)  # trace / compile
     return run
@@ -147,12 +147,15 @@ def main():
         runners["fit, Keras loop"] = fit_runner(x, y, weights, args, full_batch=False)
     runners["bare"] = bare_runner(x, y, weights, args)
     times = {name: [] for name in runners}
+    cpus = {name: [] for name in runners}
     final = {}
     for _ in range(args.runs):  # alternate, so drifts in machine speed hit all alike
         for name, run in runners.items():
-            seconds, final[name] = run()
+            seconds, cpu, final[name] = run()
             times[name].append(seconds)
+            cpus[name].append(cpu)
     med = {name: statistics.median(t) for name, t in times.items()}
+    med_cpu = {name: statistics.median(t) for name, t in cpus.items()}
     print(f"Fig. 4 loss-only run: {args.steps} steps, width {args.width}, {args.dtype}, "
           f"jit_compile={args.jit}, {args.threads or 'default'} TF threads, "
           f"{os.cpu_count()} CPU cores, medians of {args.runs} "
@@ -162,12 +165,14 @@ def main():
                   "fit, Keras loop": f"steps_per_execution={args.spe}",
                   "bare": f"tf.while_loop, {args.chunk} steps per call"}[name]
         print(f"  {name:16s} {seconds:7.2f} s  {1e6 * seconds / args.steps:7.1f} us/step  "
+              f"(CPU {1e6 * med_cpu[name] / args.steps:6.1f} us/step)  "
               f"final acc {accuracy(final[name], x, y):.3f}  ({detail})")
     for name in runners:
         if name != "bare":
             paired = [a / b for a, b in zip(times[name], times["bare"])]
             print(f"  ratio {name} / bare: {med[name] / med['bare']:.3f} "
-                  f"(paired ratios {' '.join(f'{r:.2f}' for r in paired)})")
+                  f"(paired {' '.join(f'{r:.2f}' for r in paired)}; CPU time "
+                  f"{med_cpu[name] / med_cpu['bare']:.3f})")
 
 
 if __name__ == "__main__":
