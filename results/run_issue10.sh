@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates the published results of issue 10 (results runs, not tests). On 2 CPU cores
-# shared with other work: width sweep 27 min (before the full-batch loop was sped up; now
-# about 7 min), each DMSE sweep about 7 min, CNN grid about 55 min, MLP grid about 4 min.
+# shared with other work: width sweep 6 min (27 min before the full-batch loop became one
+# XLA computation), each DMSE sweep about 7 min, CNN grid about 50 min, MLP grid 4 min.
 # Each command writes DIR/<command>.json (with the git commit it ran at), .md and .png;
 # logs go to results/logs/. The published files were made by these commands in three
-# sessions (logs: run_issue10.log, run_issue10_more.log, run_issue10_seeds.log); the
+# sessions (logs: run_issue10*.log; the width sweep was rerun at the final code, the first
+# run is kept in results/width-sweep-892771c); the
 # overparam grids first ran with 4 (CNN) and 3 (MLP) seeds and were extended to 6 with
 # --resume, which keeps the earlier runs.
 set -u
