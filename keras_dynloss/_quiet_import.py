@@ -130,21 +130,8 @@ def import_tensorflow(hide=None):
     gpus = None
     if hide is None:
         hide = CLI_HIDDEN if command_line else ()
-    hidden = [name for name in hide if name not in sys.modules]
     try:
-        for name in hidden:
-            sys.modules[name] = None  # `import name` raises ImportError
-        try:
-            import tensorflow as tf
-        finally:
-            for name in hidden:
-                if sys.modules.get(name, 0) is None:
-                    del sys.modules[name]
-
-        try:
-            gpus = tf.config.list_physical_devices("GPU")
-        except Exception:  # reported later, by the user's own call
-            gpus = None
+        tf, gpus = _load_tensorflow(hide)
     finally:
         if saved is not None:
             captured = _restore_stderr(saved)
@@ -161,6 +148,32 @@ def import_tensorflow(hide=None):
                 sys.stderr.write(text)
                 sys.stderr.flush()
     return tf
+
+
+def _load_tensorflow(hide):
+    """Imports TensorFlow with the modules ``hide`` unimportable; returns it and its GPUs.
+
+    A function of its own, not inline in :func:`import_tensorflow`: on CPython
+    3.11 the frame depth at which TensorFlow's 4500 modules execute decides
+    whether a hot call there straddles a 16 KiB frame-stack chunk, which is then
+    mapped and unmapped on every call. Inline, ``python -c "import keras_dynloss"``
+    hit that: 60 000 extra mmap/munmap pairs (strace) and +0.4 s of system time.
+    ``bench/import_time.py`` measures the result.
+    """
+    hidden = [name for name in hide if name not in sys.modules]
+    try:
+        for name in hidden:
+            sys.modules[name] = None  # `import name` raises ImportError
+        import tensorflow as tf
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    try:
+        gpus = tf.config.list_physical_devices("GPU")
+    except Exception:  # reported later, by the user's own call
+        gpus = None
+    return tf, gpus
 
 
 def _capture_stderr():
