@@ -22,6 +22,7 @@ from keras_dynloss.curvature.api import hessian_trace
 from keras_dynloss.curvature.api import ntk_eigenvalues
 from keras_dynloss.curvature.api import ntk_gram
 from keras_dynloss.curvature.callback import CurvatureProbe
+from keras_dynloss.curvature.in_step import InStepProbe
 from keras_dynloss.curvature.operators import HessianOperator
 from keras_dynloss.curvature.operators import NTKOperator
 from keras_dynloss.curvature.operators import NotTwiceDifferentiableError
@@ -31,6 +32,7 @@ __all__ = [
     "DensityResult",
     "EigenResult",
     "HessianOperator",
+    "InStepProbe",
     "LanczosDecomposition",
     "NTKOperator",
     "NotTwiceDifferentiableError",

@@ -70,7 +70,7 @@ class ProbeGraph:
         self.ks = {name: (config["top_k"] if name == "main" else 1) for name in self.names}
         # A closure per instance: TensorFlow's retracing detector counts per
         # Python function, and every probe rebuild is a new graph by design.
-        self.fn = tf.function(lambda *args: self._packed(*args), reduce_retracing=True,
+        self.fn = tf.function(lambda *args: self.compute(*args), reduce_retracing=True,
                               jit_compile=config.get("jit_compile", False))
         self._concrete = None
 
@@ -102,7 +102,16 @@ class ProbeGraph:
             out["trace"] = summary[i:]
         return out
 
-    def _packed(self, x, y, sw, starts, seed):
+    @property
+    def summary_size(self):
+        """Length of the `summary` vector `compute` returns."""
+        size = sum(2 * self.ks[name] + 2 for name in self.names)
+        return size + (self.config["trace_samples"] if self.config["trace_samples"] else 0)
+
+    def compute(self, x, y, sw, starts, seed):
+        """The probe as graph code (what `fn` compiles; callable inside another
+        traced function, e.g. a training step): `(summary (summary_size,),
+        next_starts (total,))`, float64."""
         parts = tf.split(starts, [self.sizes[name] for name in self.names])
         out = self._probe(x, y, sw, dict(zip(self.names, parts)), seed)
         summary = []

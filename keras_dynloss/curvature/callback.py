@@ -307,19 +307,56 @@ class CurvatureProbe(keras.callbacks.Callback):
             raise val.invalid("model", "a built keras.Model", None)
         step = self._current_step() if step is None else val.check_int("step", step, minimum=0)
         x, y, sw = self._next_batch()
+        graph = self._graph_for(x)
+        seed = tf.constant([self.seed, self._count], tf.int64)
+        starts = self._starts if self.warm_start else graph.initial_starts()
+        summary, starts = errors.run_guarded(
+            self.model, graph, x, y, sw, starts, seed, fixed_shapes=not self.stochastic,
+            probes=errors.output_probes(graph.flat, x))
+        self._starts = starts
+        return self.record_summary(summary.numpy(), step=step)
+
+    def build_for(self, model):
+        """Builds (or reuses) the probe graph for `model` on the fixed probe batch.
+
+        Returns the `ProbeGraph` whose `compute(x, y, sw, starts, seed)` is the
+        probe as graph code, for `InStepProbe` (a probe inside the training
+        step). Rebuilt when the loss, its schedule or the optimizer changes.
+        """
+        if self.stochastic:
+            raise val.invalid("data", "a fixed probe batch (x, y) to compile into the training step, not a "
+                              "tf.data.Dataset", self._dataset)
+        if model is not self.model:
+            self.set_model(model)
+        return self._graph_for(self._batch[0])
+
+    def _graph_for(self, x):
         loss, key = self._trace_key()
         if self._graph is None or len(key) != len(self._key) or not all(map(_same, key, self._key)):
             self._build(loss, x)
             self._key = key
-        seed = tf.constant([self.seed, self._count], tf.int64)
-        starts = self._starts if self.warm_start else self._graph.initial_starts()
-        summary, starts = errors.run_guarded(
-            self.model, self._graph, x, y, sw, starts, seed, fixed_shapes=not self.stochastic,
-            probes=errors.output_probes(self._graph.flat, x))
-        self._starts = starts
-        out = self._graph.unpack(summary.numpy())
-        values = self._values(out)
-        row = {"step": step, "epoch": self._epoch}
+        return self._graph
+
+    def probe_batch(self):
+        """The fixed probe batch `(x, y, sample_weight)` (tensors)."""
+        if self.stochastic:
+            raise val.invalid("data", "a fixed probe batch (x, y), not a tf.data.Dataset", self._dataset)
+        return self._batch
+
+    def optimizer_in_use(self):
+        """The optimizer giving the step (`optimizer=` or the model's, unwrapped)."""
+        return self._optimizer_in_use()
+
+    @property
+    def probes_taken(self):
+        """Number of probes recorded so far."""
+        return self._count
+
+    def record_summary(self, summary, *, step):
+        """Records one probe's `summary` (NumPy, from `ProbeGraph.compute`) at
+        `step`; returns the dict of values (also in `latest` and `history`)."""
+        values = self._values(self._graph.unpack(summary))
+        row = {"step": int(step), "epoch": self._epoch}
         if self.stochastic:
             row["probe_batch"] = self._count
         self._count += 1

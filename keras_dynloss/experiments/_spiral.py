@@ -108,7 +108,12 @@ class FullBatchSequential(keras.Sequential):
     With a :class:`StepRecorder` each update also records
     ``(F(t), accuracy(t))`` from the values the update computed anyway.
 
-    ``updates_per_batch=1`` without a recorder is Keras's own ``train_step``.
+    With ``in_step_probe`` (an :class:`~keras_dynloss.curvature.InStepProbe`,
+    set after ``compile``) the probe runs inside the same loop, before each
+    update and after the last, whenever the step is due: no batch hook, no
+    extra launch.
+
+    ``updates_per_batch=1`` without a recorder or probe is Keras's own ``train_step``.
 
     Args:
         layers: as for ``keras.Sequential``.
@@ -121,9 +126,11 @@ class FullBatchSequential(keras.Sequential):
         super().__init__(layers, **kwargs)
         self.updates_per_batch = check_int("updates_per_batch", updates_per_batch, minimum=1)
         self.recorder = recorder
+        self.in_step_probe = None
 
     def train_step(self, data):
-        if self.updates_per_batch == 1 and self.recorder is None:
+        probe = self.in_step_probe
+        if self.updates_per_batch == 1 and self.recorder is None and probe is None:
             return super().train_step(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
@@ -145,7 +152,15 @@ class FullBatchSequential(keras.Sequential):
             return i + 1, loss_sum + tf.cast(loss, loss_sum.dtype)
 
         k = self.updates_per_batch
-        _, loss_sum = tf.while_loop(lambda i, _: i < k, update,
+        body, trips = update, k
+        if probe is not None:  # K + 1 trips: probe (when due) before each update and after the last
+
+            def body(i, loss_sum):
+                probe.maybe_probe()  # reads the weights; ordered before the update's writes
+                return tf.cond(i < k, lambda: update(i, loss_sum), lambda: (i + 1, loss_sum))
+
+            trips = k + 1
+        _, loss_sum = tf.while_loop(lambda i, _: i < trips, body,
                                     (tf.constant(0), tf.constant(0.0, tf.float64)))
         # The loss tracker once per batch: the mean of the K losses with weight
         # K · batch size is what K per-update calls would accumulate.
@@ -231,8 +246,9 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
             many steps; 0 disables it.
         probe_ntk: also probe the NTK.
         steps_per_execution: GD steps per compiled call, the
-            ``updates_per_batch`` of :class:`FullBatchSequential` (default:
-            ``probe_every``, else ``max(1000, steps // 20)``).
+            ``updates_per_batch`` of :class:`FullBatchSequential` (default
+            ``max(1000, steps // 20)``; probes run inside the loop, at any
+            multiple of ``probe_every``).
         jit_compile: compile the training loop with XLA (``model.compile``'s
             argument). XLA runs the whole loop of GD steps as one computation,
             several times faster for this small model on a CPU; off, the loop is
@@ -258,7 +274,7 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
                        static_after=static_after, dtype=dtype)
     optimizer = keras.optimizers.SGD(learning_rate)
     if steps_per_execution is None:  # about 20 batches (progress-bar updates) a run
-        steps_per_execution = probe_every if probe_every else max(1000, steps // 20)
+        steps_per_execution = max(1000, steps // 20)
     per_batch = max(1, min(int(steps_per_execution), steps))
     recorder = StepRecorder(steps, dtype) if record else None
     model = build_mlp(width, num_classes, seed=seed, dtype=dtype,
@@ -276,12 +292,15 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
     compile_model()
     callbacks = [DynamicalLossScheduler(log_weights=False)]
     probe = None
-    if probe_every:
-        from keras_dynloss.curvature import CurvatureProbe
+    if probe_every:  # compiled into the training loop (InStepProbe)
+        from keras_dynloss.curvature import CurvatureProbe, InStepProbe
 
         probe = CurvatureProbe((x, y), every_n_steps=probe_every, ntk=probe_ntk,
                                lanczos_order=10, ntk_order=10)
-        callbacks.append(probe)
+        in_step = InStepProbe(probe, capacity=steps // probe_every + 1)
+        in_step.build(model)
+        model.in_step_probe = in_step
+        callbacks.append(in_step)
     callbacks.append(ProgressBar(steps, label=label, enabled=progress, recorder=recorder))
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     fit = dict(callbacks=callbacks, verbose=0, shuffle=False)
