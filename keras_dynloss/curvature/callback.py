@@ -1,30 +1,19 @@
 """`CurvatureProbe`: Hessian / Gauss-Newton / NTK spectra during training."""
 
-import warnings
-
 import keras
 import tensorflow as tf
 
 from keras_dynloss import _checks as val
-from keras_dynloss.curvature import _probe
 from keras_dynloss.curvature import _records
 from keras_dynloss.curvature import data as data_lib
-from keras_dynloss.curvature import distributed
-from keras_dynloss.curvature import eos as eos_lib
 from keras_dynloss.curvature import errors
 from keras_dynloss.curvature import hessian
+from keras_dynloss.curvature._probe_setup import EOS_RATIO, ProbeSetup
 
-EOS_RATIO = "eos_ratio"
-
-
-def _same(a, b):
-    """Identity, or equality for plain numbers (a schedule's period, flags)."""
-    if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):
-        return a == b
-    return a is b
+__all__ = ["CurvatureProbe", "EOS_RATIO"]
 
 
-class CurvatureProbe(keras.callbacks.Callback):
+class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
     """Measures curvature on a probe batch every N steps (or epochs).
 
     Each probe is one compiled `tf.function` call that, at the current
@@ -192,85 +181,6 @@ class CurvatureProbe(keras.callbacks.Callback):
         self._warned = set()
 
     # ------------------------------------------------------------------ #
-    def _warn_once(self, key, message):
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-    def _optimizer_in_use(self):
-        opt = self._optimizer if self._optimizer is not None else getattr(self.model, "optimizer", None)
-        return None if opt is None else eos_lib.unwrap(opt)
-
-    def _resolve_loss(self):
-        loss = self._loss if self._loss is not None else getattr(self.model, "loss", None)
-        if isinstance(loss, str):
-            loss = keras.losses.get(loss)
-        if not callable(loss):
-            raise val.invalid(
-                "loss", "a callable loss (pass `loss=` when the model was compiled with several losses or none)",
-                loss)
-        return loss
-
-    def _probe_loss(self, loss):
-        """A dynamical loss is probed through a copy bound to the same step
-        (the optimizer's when it is unbound) with no invalid-label counter, so
-        probing never writes training state."""
-        if not (hasattr(loss, "at_step") and hasattr(loss, "bind")):
-            return loss
-        source = getattr(loss, "step", None)
-        if source is None:
-            opt = self._optimizer_in_use()
-            source = None if opt is None else opt.iterations
-        if source is None:
-            raise val.invalid(
-                "loss", "a dynamical loss bound to a step (`loss.bind(optimizer)`), or a model/probe with an "
-                "optimizer to follow", loss)
-        return loss.at_step(0).bind(source)
-
-    def _eos_optimizer(self):
-        opt = self._optimizer_in_use()
-        if not self.eos_ratio:
-            return None, None
-        found = None if opt is None else eos_lib.kind(opt)
-        if found is None:
-            self._warn_once("eos", "CurvatureProbe: `eos_ratio` is defined for keras.optimizers.SGD, Adam and "
-                            f"AdamW; not logged for {type(opt).__name__}.")
-        elif found == "adam" and not opt.built:  # no slots yet: NaN until it is built
-            return "adam-unbuilt", opt
-        return found, opt
-
-    def _trace_key(self):
-        """Objects the traced probe depends on; a change forces a rebuild."""
-        loss = self._resolve_loss()
-        schedule = getattr(loss, "schedule", None)
-        kind, opt = self._eos_optimizer()
-        return loss, (self.model, loss, schedule, getattr(schedule, "period", None), getattr(loss, "step", None),
-                      kind, opt, *self.model.trainable_variables)
-
-    def _layers(self):
-        if not self.per_layer:
-            return []
-        layers = self.model.layers if isinstance(self.model, keras.Model) else [self.model]
-        return [(layer.name, layer) for layer in layers if layer.trainable_variables]
-
-    def _build(self, loss, x):
-        kind, opt = self._eos_optimizer()
-        config = dict(
-            operator=self.operator, mode=self.hvp_mode, training=self.training, variables=self.variables,
-            layers=self._layers(), top_k=self.top_k, order=self.lanczos_order, tol=self.tol,
-            noise=self.warm_start_noise, trace_samples=self.trace_samples if self.trace else 0,
-            ntk=self.ntk, ntk_order=self.ntk_order, ntk_trace_outputs=self.ntk_trace_outputs,
-            eos_optimizer=opt if kind == "adam" else None,
-            replicas=distributed.sharded_products(self.model),
-        )
-        if config["replicas"] is not None and self.jit_compile:
-            raise val.invalid("jit_compile", "False under a MirroredStrategy (one XLA cluster cannot span "
-                              "several devices)", self.jit_compile)
-        config["jit_compile"] = self.jit_compile
-        self._graph = _probe.ProbeGraph(self.model, self._probe_loss(loss), config, x)
-        self._starts = self._graph.initial_starts()
-        self._eos_kind = kind
-
     def _next_batch(self):
         if not self.stochastic:
             return self._batch
@@ -330,13 +240,6 @@ class CurvatureProbe(keras.callbacks.Callback):
             self.set_model(model)
         return self._graph_for(self._batch[0])
 
-    def _graph_for(self, x):
-        loss, key = self._trace_key()
-        if self._graph is None or len(key) != len(self._key) or not all(map(_same, key, self._key)):
-            self._build(loss, x)
-            self._key = key
-        return self._graph
-
     def probe_batch(self):
         """The fixed probe batch `(x, y, sample_weight)` (tensors)."""
         if self.stochastic:
@@ -363,22 +266,6 @@ class CurvatureProbe(keras.callbacks.Callback):
         row.update(values)
         self._recorder.record(row)
         self.latest = dict(values)
-        return values
-
-    def _values(self, out):
-        values = _records.float_values(
-            out, prefix=self.prefix, top_k=self.top_k, layer_names=[layer[0] for layer in self._graph.layers],
-            trace=self.trace, ntk=self.ntk, eos=self._eos_kind == "adam")
-        if self._eos_kind == "adam-unbuilt":
-            values["preconditioned_max_eig"] = values["preconditioned_max_eig_residual"] = float("nan")
-        main = out["main"]
-        if int(main["breakdowns"]) and self._graph.flat.size > int(main["steps"]):
-            self._warn_once("breakdown", "CurvatureProbe: Lanczos breakdown (invariant Krylov subspace); the "
-                            "iteration restarted from a random vector.")
-        if self._eos_kind is not None:
-            curvature = values["preconditioned_max_eig"] if self._eos_kind.startswith("adam") else values[
-                f"{self.prefix}_max_eig"]
-            values[EOS_RATIO] = curvature / eos_lib.threshold(self._optimizer_in_use())
         return values
 
     # ------------------------------------------------------------------ #
