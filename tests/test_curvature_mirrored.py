@@ -1,5 +1,5 @@
 """`CurvatureProbe` under `MirroredStrategy` over two logical CPU devices equals the
-one-device value (and the dense Hessian). Runs in a subprocess: logical devices
+one-device value (and the dense Hessian and NTK). Runs in a subprocess: logical devices
 must be configured before TensorFlow starts."""
 
 import json
@@ -38,10 +38,20 @@ def build():
 
 def probe_values(model, sharded):
     probe = CurvatureProbe((x, y, sw), lanczos_order=40, tol=1e-9, trace=True, trace_samples=4,
-                           per_layer=True, eos_ratio=False)
+                           per_layer=True, eos_ratio=False, ntk=True, ntk_order=15)
     values = probe.probe(model, step=0)
     assert (probe._graph.config["replicas"] is not None) == sharded
+    assert (probe._graph.ntk_devices is not None) == sharded
     return values
+
+
+def dense_ntk_max(model):
+    """lambda_max of sum_c J_c J_c^T from the explicit Jacobian (N, K, n)."""
+    with tf.GradientTape() as tape:
+        out = model(x, training=False)
+    jac = tape.jacobian(out, model.trainable_variables)
+    j = np.concatenate([tf.reshape(a, [15, 3, -1]).numpy() for a in jac], axis=2).astype(np.float64)
+    return float(np.linalg.eigvalsh(np.einsum("ikp,jkp->ij", j, j))[-1])
 
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -51,12 +61,14 @@ one = build()
 one.set_weights(two.get_weights())
 weighted = lambda yt, yp: LOSS(yt, yp, sample_weight=sw) + sum(one.losses)
 exact = float(np.linalg.eigvalsh(explicit_hessian(one, weighted, x, y))[-1])
+exact_ntk = dense_ntk_max(one)
 # Under fit too: the probe is a callback of a model trained under the strategy.
 with strategy.scope():
     fitted = build()
 fit_probe = CurvatureProbe((x, y), every_n_steps=2, lanczos_order=10, ntk=True, ntk_order=4)
 fitted.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[fit_probe])
 print(json.dumps({"two": probe_values(two, True), "one": probe_values(one, False), "exact": exact,
+                  "exact_ntk": exact_ntk,
                   "replicas": strategy.num_replicas_in_sync, "fit_steps": fit_probe.history["step"]}))
 '''
 
@@ -77,4 +89,7 @@ def test_mirrored_probe_equals_one_device(tmp_path):
     # The Hutchinson samples use the same probe vectors: equal too.
     np.testing.assert_allclose(two["hessian_trace"], one["hessian_trace"], rtol=1e-6)
     np.testing.assert_allclose(one["hessian_max_eig"], result["exact"], rtol=1e-5)
+    # NTK products sharded over the two devices: the one-device value and the dense J J^T.
+    np.testing.assert_allclose(two["ntk_max_eig"], one["ntk_max_eig"], rtol=1e-6)
+    np.testing.assert_allclose(two["ntk_max_eig"], result["exact_ntk"], rtol=1e-5)
     assert result["fit_steps"] == [0, 2, 4]

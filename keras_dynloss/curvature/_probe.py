@@ -60,9 +60,12 @@ class ProbeGraph:
             )
         if config["ntk"]:
             n_samples, k = ntk_lib.num_samples_and_outputs(self.flat, x, config["training"])
+            replicas = config["replicas"]
+            #: The devices the NTK products are sharded over (`None`: one device).
+            self.ntk_devices = None if replicas is None else replicas.devices
             self.ntk_product = ntk_lib.ntk_matvec_fn(
                 self.flat, trace_outputs=config["ntk_trace_outputs"], training=config["training"],
-                num_outputs=k,
+                num_outputs=k, devices=self.ntk_devices,
             )
             self.sizes["ntk"] = n_samples if config["ntk_trace_outputs"] else n_samples * k
         self.names = list(self.sizes)

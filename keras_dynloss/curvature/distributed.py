@@ -12,8 +12,10 @@ samples (Keras's default `sum_over_batch_size`, sample weights included) this
 is exactly the operator of the whole batch; added losses (regularisers) enter
 each shard whole and sum to weight 1. With `training=True`, BatchNormalization
 uses per-shard statistics, as it does when training under the strategy. The
-Lanczos loop itself runs once, in cross-replica context. NTK products run on
-the default device (not sharded). Multi-worker strategies are not sharded: the
+Lanczos loop itself runs once, in cross-replica context. NTK products are
+sharded the same way (`ntk.ntk_matvec_fn(devices=...)`): `J^T u = sum_r
+J_r^T u_r` (each replica's VJP on its rows, summed), then `J w` row block `r`
+on replica `r` (concatenated). Multi-worker strategies are not sharded: the
 probe computes locally there (see `CurvatureProbe`).
 """
 
@@ -34,6 +36,18 @@ def sharded_products(model):
     `MirroredStrategy`, else `None`."""
     strategy = _strategy(model)
     return None if strategy is None else ShardedProducts(strategy)
+
+
+def shard_bounds(n, replicas, r):
+    """Rows `[start, start + size)` of shard `r` of `n` (contiguous, sizes
+    differing by at most one): int32 tensors."""
+    base, extra = n // replicas, n % replicas
+    return r * base + tf.minimum(r, extra), base + tf.cast(r < extra, tf.int32)
+
+
+def take_rows(t, start, size):
+    """Rows `[start, start + size)` of every tensor of the structure `t` (or `None`)."""
+    return None if t is None else tf.nest.map_structure(lambda a: a[start:start + size], t)
 
 
 class ShardedProducts:
@@ -59,20 +73,15 @@ class ShardedProducts:
             raise val.invalid("data", f"a probe batch of at least {replicas} samples (one per replica)",
                               f"<batch of {static}>")
         n = tf.shape(tf.nest.flatten(x)[0])[0]
-        base, extra = n // replicas, n % replicas
-
-        def shard(t, start, size):
-            return None if t is None else tf.nest.map_structure(lambda a: a[start:start + size], t)
 
         def mv(v):
             theta = flat.read()
             parts = []
             for r, device in enumerate(self.devices):
                 with tf.device(device):
-                    start = r * base + tf.minimum(r, extra)
-                    size = base + tf.cast(r < extra, tf.int32)
-                    hv = product(theta, tf.cast(v, flat.dtype), shard(x, start, size), shard(y, start, size),
-                                 shard(sw, start, size))[0]
+                    start, size = shard_bounds(n, replicas, r)
+                    hv = product(theta, tf.cast(v, flat.dtype), take_rows(x, start, size),
+                                 take_rows(y, start, size), take_rows(sw, start, size))[0]
                     parts.append(tf.cast(hv, tf.float64) * tf.cast(size, tf.float64))
             return tf.add_n(parts) / tf.cast(n, tf.float64)
 

@@ -14,34 +14,62 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dynloss import _checks as val
+from keras_dynloss.curvature import distributed
 from keras_dynloss.curvature import errors
 from keras_dynloss.curvature import flat as flat_lib
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
 
-def ntk_matvec_fn(flat, *, trace_outputs=True, training=False, num_outputs):
+def ntk_matvec_fn(flat, *, trace_outputs=True, training=False, num_outputs, devices=None):
     """Builds `(theta, u, x) -> Theta u` without forming the Jacobian.
 
     * traced (`trace_outputs=True`): `u` has shape `(N,)` and
       `Theta u = sum_c J_c J_c^T u`: one VJP and one JVP per channel, the
       channels in a `tf.while_loop` (graph size independent of `K`);
     * full: `u` has shape `(N*K,)` and `Theta u = J J^T u`: one VJP, one JVP.
+
+    With `devices` (a `MirroredStrategy`'s, see `distributed`) the `N` rows are
+    split into contiguous shards, one per device: each VJP is the sum of the
+    shards' VJPs, each JVP the concatenation of the shards' JVPs.
     """
 
     def f(theta, x):
         return flat_lib.flat_outputs(flat_lib.model_outputs(flat, theta, x, training=training))
 
-    def vjp(theta, x, cot):
+    def vjp_local(theta, x, cot):
         with tf.GradientTape() as tape:
             tape.watch(theta)
             out = f(theta, x)
         return tape.gradient(out, theta, output_gradients=tf.cast(cot, out.dtype), unconnected_gradients=_ZERO)
 
-    def jvp(theta, x, w):
+    def jvp_local(theta, x, w):
         with tf.autodiff.ForwardAccumulator(theta, w) as acc:
             out = f(theta, x)
         return acc.jvp(out, unconnected_gradients=_ZERO)
+
+    def shards(x):
+        n = tf.shape(tf.nest.flatten(x)[0])[0]
+        for r, device in enumerate(devices):
+            yield (device, *distributed.shard_bounds(n, len(devices), r))
+
+    def vjp(theta, x, cot):  # J^T cot, cot (N, K)
+        if not devices:
+            return vjp_local(theta, x, cot)
+        parts = []
+        for device, start, size in shards(x):
+            with tf.device(device):
+                parts.append(vjp_local(theta, distributed.take_rows(x, start, size), cot[start:start + size]))
+        return tf.add_n(parts)
+
+    def jvp(theta, x, w):  # J w, (N, K)
+        if not devices:
+            return jvp_local(theta, x, w)
+        parts = []
+        for device, start, size in shards(x):
+            with tf.device(device):
+                parts.append(jvp_local(theta, distributed.take_rows(x, start, size), w))
+        return tf.concat(parts, 0)
 
     if trace_outputs:
 
