@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from keras_dynloss.curvature import CurvatureProbe, ntk_eigenvalues  # noqa: E402
-from keras_dynloss.curvature.api import DENSE_NTK_MAX_BYTES  # noqa: E402
+from keras_dynloss.curvature.ntk_api import DENSE_NTK_MAX_BYTES  # noqa: E402
 
 
 def resnet_cnn(seed=0):

@@ -103,7 +103,7 @@ def test_rejected_inputs(call, match):
 
 
 def test_auto_is_dense_when_small_and_matrix_free_above_the_limit(monkeypatch):
-    from keras_dynloss.curvature import api
+    from keras_dynloss.curvature import ntk_api as api
 
     model, x = model_and_inputs(dtype="float32", n=10)
     exact = np.linalg.eigvalsh(ntk_gram(model, x))[::-1]

@@ -19,10 +19,10 @@ from keras_dynloss.curvature.algorithms import spectral_density
 from keras_dynloss.curvature.api import hessian_density
 from keras_dynloss.curvature.api import hessian_eigenvalues
 from keras_dynloss.curvature.api import hessian_trace
-from keras_dynloss.curvature.api import ntk_eigenvalues
-from keras_dynloss.curvature.api import ntk_gram
 from keras_dynloss.curvature.callback import CurvatureProbe
 from keras_dynloss.curvature.in_step import InStepProbe
+from keras_dynloss.curvature.ntk_api import ntk_eigenvalues
+from keras_dynloss.curvature.ntk_api import ntk_gram
 from keras_dynloss.curvature.operators import HessianOperator
 from keras_dynloss.curvature.operators import NTKOperator
 from keras_dynloss.curvature.operators import NotTwiceDifferentiableError
