@@ -50,6 +50,16 @@ def take_rows(t, start, size):
     return None if t is None else tf.nest.map_structure(lambda a: a[start:start + size], t)
 
 
+def on_shards(devices, x, fn):
+    """`[fn(start, size) placed on devices[r] for each shard r of x's rows]`."""
+    n = tf.shape(tf.nest.flatten(x)[0])[0]
+    parts = []
+    for r, device in enumerate(devices):
+        with tf.device(device):
+            parts.append(fn(*shard_bounds(n, len(devices), r)))
+    return parts
+
+
 class ShardedProducts:
     """Builds device-sharded matvecs for a `MirroredStrategy` (see module).
 
@@ -72,17 +82,16 @@ class ShardedProducts:
         if static is not None and static < replicas:
             raise val.invalid("data", f"a probe batch of at least {replicas} samples (one per replica)",
                               f"<batch of {static}>")
-        n = tf.shape(tf.nest.flatten(x)[0])[0]
 
         def mv(v):
             theta = flat.read()
-            parts = []
-            for r, device in enumerate(self.devices):
-                with tf.device(device):
-                    start, size = shard_bounds(n, replicas, r)
-                    hv = product(theta, tf.cast(v, flat.dtype), take_rows(x, start, size),
-                                 take_rows(y, start, size), take_rows(sw, start, size))[0]
-                    parts.append(tf.cast(hv, tf.float64) * tf.cast(size, tf.float64))
-            return tf.add_n(parts) / tf.cast(n, tf.float64)
+
+            def shard_product(start, size):
+                hv = product(theta, tf.cast(v, flat.dtype), take_rows(x, start, size),
+                             take_rows(y, start, size), take_rows(sw, start, size))[0]
+                return tf.cast(hv, tf.float64) * tf.cast(size, tf.float64)
+
+            n = tf.shape(tf.nest.flatten(x)[0])[0]
+            return tf.add_n(on_shards(self.devices, x, shard_product)) / tf.cast(n, tf.float64)
 
         return mv

@@ -42,7 +42,9 @@ class InStepProbe(keras.callbacks.Callback):
     exist), call `in_step.maybe_probe()` in the train step wherever the
     parameters are those of step `optimizer.iterations`, and pass `in_step`
     in `callbacks` (it flushes at each epoch end and at train end; or call
-    `flush()`).
+    `flush()`). The compiled step keeps the probe graph it was traced with:
+    build after the loss's schedule is final (a schedule replaced later, e.g.
+    by `DynamicalLossScheduler(period_epochs=...)`, needs the callback path).
     """
 
     def __init__(self, probe, *, capacity):

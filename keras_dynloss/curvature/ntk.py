@@ -48,28 +48,17 @@ def ntk_matvec_fn(flat, *, trace_outputs=True, training=False, num_outputs, devi
             out = f(theta, x)
         return acc.jvp(out, unconnected_gradients=_ZERO)
 
-    def shards(x):
-        n = tf.shape(tf.nest.flatten(x)[0])[0]
-        for r, device in enumerate(devices):
-            yield (device, *distributed.shard_bounds(n, len(devices), r))
-
     def vjp(theta, x, cot):  # J^T cot, cot (N, K)
         if not devices:
             return vjp_local(theta, x, cot)
-        parts = []
-        for device, start, size in shards(x):
-            with tf.device(device):
-                parts.append(vjp_local(theta, distributed.take_rows(x, start, size), cot[start:start + size]))
-        return tf.add_n(parts)
+        return tf.add_n(distributed.on_shards(devices, x, lambda start, size: vjp_local(
+            theta, distributed.take_rows(x, start, size), cot[start:start + size])))
 
     def jvp(theta, x, w):  # J w, (N, K)
         if not devices:
             return jvp_local(theta, x, w)
-        parts = []
-        for device, start, size in shards(x):
-            with tf.device(device):
-                parts.append(jvp_local(theta, distributed.take_rows(x, start, size), w))
-        return tf.concat(parts, 0)
+        return tf.concat(distributed.on_shards(devices, x, lambda start, size: jvp_local(
+            theta, distributed.take_rows(x, start, size), w)), 0)
 
     if trace_outputs:
 
