@@ -45,11 +45,11 @@ class ProbeGraph:
         self.config = config
         self.flat = flat_lib.FlatParameters(model, config["variables"])
         kwargs = dict(operator=config["operator"], mode=config["mode"], training=config["training"])
-        self.product = hessian.curvature_fn(self.flat, loss, **kwargs)
+        self.product = hessian.linearized_curvature_fn(self.flat, loss, **kwargs)
         self.layers = []
         for name, layer in config["layers"]:
             flat = flat_lib.FlatParameters(model, [layer])
-            self.layers.append((name, flat, hessian.curvature_fn(flat, loss, **kwargs)))
+            self.layers.append((name, flat, hessian.linearized_curvature_fn(flat, loss, **kwargs)))
         self.sizes = {"main": self.flat.size}
         for name, flat, _ in self.layers:
             self.sizes["layer/" + name] = flat.size
@@ -63,7 +63,7 @@ class ProbeGraph:
             replicas = config["replicas"]
             #: The devices the NTK products are sharded over (`None`: one device).
             self.ntk_devices = None if replicas is None else replicas.devices
-            self.ntk_product = ntk_lib.ntk_matvec_fn(
+            self.ntk_linearized = ntk_lib.ntk_linearized_fn(
                 self.flat, trace_outputs=config["ntk_trace_outputs"], training=config["training"],
                 num_outputs=k, devices=self.ntk_devices,
             )
@@ -127,15 +127,17 @@ class ProbeGraph:
         return tf.concat(summary, 0), tf.concat([out[name]["next"] for name in self.names], 0)
 
     # ------------------------------------------------------------------ #
-    def _matvec(self, flat, product, x, y, sw):
-        replicas = self.config["replicas"]
-        dtype = flat.dtype
-        if replicas is not None:
-            return replicas.matvec(flat, product, x, y, sw)
-        theta = flat.read()
+    def _matvec(self, flat, linearized, x, y, sw, after=()):
+        """`v -> A v` in float64; the operator's first pass (see
+        `hessian.linearized_curvature_fn`) runs here, after the tensors `after`,
+        so that one target's activations are alive at a time."""
+        with tf.control_dependencies(after):
+            if self.config["replicas"] is not None:
+                return self.config["replicas"].matvec(flat, linearized, x, y, sw)
+            matvec = linearized(flat.read(), x, y, sw)
 
         def mv(v):
-            return tf.cast(product(theta, tf.cast(v, dtype), x, y, sw)[0], tf.float64)
+            return tf.cast(matvec(tf.cast(v, flat.dtype)), tf.float64)
 
         return mv
 
@@ -162,12 +164,10 @@ class ProbeGraph:
         out = {}
         main = self._matvec(self.flat, self.product, x, y, sw)
         out["main"] = self._lanczos(main, starts["main"], seeds[0], cfg["top_k"], cfg["order"])
-        for i, (name, flat, product) in enumerate(self.layers):
-            mv = self._matvec(flat, product, x, y, sw)
-            layer_seed = tf.random.experimental.stateless_fold_in(seeds[1], i)
-            out["layer/" + name] = self._lanczos(mv, starts["layer/" + name], layer_seed, 1, cfg["order"])
+        done = [out["main"]["values"]]
         if cfg["trace_samples"]:
             out["trace"] = krylov.hutchinson_loop(main, self.flat.size, cfg["trace_samples"], seeds[2])
+            done.append(out["trace"])
         if "eos" in self.sizes:
             opt = eos_lib.unwrap(cfg["eos_optimizer"])
 
@@ -181,12 +181,19 @@ class ProbeGraph:
                         "breakdowns": tf.constant(0), "next": starts["eos"]}
 
             out["eos"] = tf.cond(tf.convert_to_tensor(opt.iterations) > 0, preconditioned, undefined)
+            done.append(out["eos"]["values"])
+        for i, (name, flat, linearized) in enumerate(self.layers):
+            mv = self._matvec(flat, linearized, x, y, sw, after=done)
+            layer_seed = tf.random.experimental.stateless_fold_in(seeds[1], i)
+            out["layer/" + name] = self._lanczos(mv, starts["layer/" + name], layer_seed, 1, cfg["order"])
+            done = [out["layer/" + name]["values"]]
         if cfg["ntk"]:
-            theta = self.flat.read()
             dtype = self.flat.dtype
+            with tf.control_dependencies(done):
+                matvec = self.ntk_linearized(self.flat.read(), x)
 
             def ntk_mv(u):
-                return tf.cast(self.ntk_product(theta, tf.cast(u, dtype), x), tf.float64)
+                return tf.cast(matvec(tf.cast(u, dtype)), tf.float64)
 
             out["ntk"] = self._lanczos(ntk_mv, starts["ntk"], seeds[4], 1, cfg["ntk_order"])
         return out

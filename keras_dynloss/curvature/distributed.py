@@ -13,7 +13,7 @@ is exactly the operator of the whole batch; added losses (regularisers) enter
 each shard whole and sum to weight 1. With `training=True`, BatchNormalization
 uses per-shard statistics, as it does when training under the strategy. The
 Lanczos loop itself runs once, in cross-replica context. NTK products are
-sharded the same way (`ntk.ntk_matvec_fn(devices=...)`): `J^T u = sum_r
+sharded the same way (`ntk.ntk_linearized_fn(devices=...)`): `J^T u = sum_r
 J_r^T u_r` (each replica's VJP on its rows, summed), then `J w` row block `r`
 on replica `r` (concatenated). Multi-worker strategies are not sharded: the
 probe computes locally there (see `CurvatureProbe`).
@@ -75,23 +75,25 @@ class ShardedProducts:
         self.devices = list(strategy.extended.worker_devices)
         self.replicas = len(self.devices)
 
-    def matvec(self, flat, product, x, y, sw):
-        """`v -> A v` (float64), `product(theta, v, x, y, sw) -> (A v, L)`."""
+    def matvec(self, flat, linearized, x, y, sw):
+        """`v -> A v` (float64) from `linearized(theta, x, y, sw) -> matvec`
+        (`hessian.linearized_curvature_fn`), each shard's first pass recorded
+        once, on its device."""
         replicas = self.replicas
         static = tf.nest.flatten(x)[0].shape[0]
         if static is not None and static < replicas:
             raise val.invalid("data", f"a probe batch of at least {replicas} samples (one per replica)",
                               f"<batch of {static}>")
+        theta = flat.read()
+        n = tf.shape(tf.nest.flatten(x)[0])[0]
+        shards = on_shards(self.devices, x, lambda start, size: (size, linearized(
+            theta, take_rows(x, start, size), take_rows(y, start, size), take_rows(sw, start, size))))
 
         def mv(v):
-            theta = flat.read()
-
-            def shard_product(start, size):
-                hv = product(theta, tf.cast(v, flat.dtype), take_rows(x, start, size),
-                             take_rows(y, start, size), take_rows(sw, start, size))[0]
-                return tf.cast(hv, tf.float64) * tf.cast(size, tf.float64)
-
-            n = tf.shape(tf.nest.flatten(x)[0])[0]
-            return tf.add_n(on_shards(self.devices, x, shard_product)) / tf.cast(n, tf.float64)
+            parts = []
+            for device, (size, matvec) in zip(self.devices, shards):
+                with tf.device(device):
+                    parts.append(tf.cast(matvec(tf.cast(v, flat.dtype)), tf.float64) * tf.cast(size, tf.float64))
+            return tf.add_n(parts) / tf.cast(n, tf.float64)
 
         return mv

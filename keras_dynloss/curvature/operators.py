@@ -32,8 +32,10 @@ from keras_dynloss.curvature.hessian import curvature_fn
 from keras_dynloss.curvature.hessian import ggn_fn
 from keras_dynloss.curvature.hessian import grad_fn
 from keras_dynloss.curvature.hessian import hvp_fn
+from keras_dynloss.curvature.hessian import linearized_curvature_fn
 from keras_dynloss.curvature.ntk import NTKOperator
 from keras_dynloss.curvature.ntk import ntk_jacobian
+from keras_dynloss.curvature.ntk import ntk_linearized_fn
 from keras_dynloss.curvature.ntk import ntk_matvec_fn
 from keras_dynloss.curvature.ntk import num_samples_and_outputs
 
@@ -49,9 +51,11 @@ __all__ = [
     "ggn_fn",
     "grad_fn",
     "hvp_fn",
+    "linearized_curvature_fn",
     "loss_value",
     "model_outputs",
     "ntk_jacobian",
+    "ntk_linearized_fn",
     "ntk_matvec_fn",
     "num_samples_and_outputs",
     "output_probes",
