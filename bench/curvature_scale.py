@@ -16,7 +16,7 @@ Measured, on the same batch and machine:
   training steps (goal: first <= 20 s, steady Hessian + NTK <= 40 steps);
 * peak RSS growth during the first and the steady probes (psutil, sampled),
   vs `(order + 4) n 8` bytes of Lanczos state plus one backward pass;
-* for comparison, the full (untraced) NTK, one VJP + JVP per product.
+* for comparison, the full (untraced) NTK, one VJP and its transpose per product.
 
 MLP: 784-1024-1024-10 (1.86M parameters), the same measurements for the
 Hessian probe, and `ntk_eigenvalues` on 256 inputs, which above
@@ -161,7 +161,7 @@ def main():
     kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, eos_ratio=False)
     report("Hessian + traced NTK (orders <= 10)", measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
     kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, ntk_trace_outputs=False, eos_ratio=False)
-    report("Hessian + full NTK (N*K x N*K; one VJP + JVP per product)",
+    report("Hessian + full NTK (N*K x N*K; one VJP + its transpose per product)",
            measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
     if args.skip_mlp:
         return

@@ -48,6 +48,25 @@ def explicit_hessian(model, loss, x, y):
     return 0.5 * (h + h.T)
 
 
+def columns_in_one_loop(linearized_matvec, size, dtype, jit):
+    """Dense `A` (float64 NumPy): every column `A e_i` from one call of
+    `linearized_matvec() -> matvec`, inside one compiled `tf.while_loop`."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit)
+    def columns():
+        matvec = linearized_matvec()
+        eye = tf.eye(size, dtype=dtype)
+
+        def body(i, cols):
+            return i + 1, cols.write(i, matvec(eye[i]))
+
+        _, cols = tf.while_loop(lambda i, _: i < size, body, (0, tf.TensorArray(dtype, size=size)))
+        return cols.stack()
+
+    return columns().numpy().T
+
+
 @pytest.fixture(scope="session")
 def spiral():
     """Small 3-arm spiral (30 points per arm), float32 x, int32 labels."""

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keras_dynloss.curvature import HessianOperator
 from keras_dynloss.curvature import NotTwiceDifferentiableError
+from conftest import columns_in_one_loop
 from conftest import explicit_hessian
 
 F64 = "float64"
@@ -53,14 +54,19 @@ def _data(shape, n=12, seed=1):
     return rng.standard_normal((n, *shape)), rng.integers(0, 3, n)
 
 
-@pytest.mark.parametrize("builder, shape", [(mlp, (3,)), (cnn, (6, 6, 1))])
-@pytest.mark.parametrize("mode", ["forward_over_reverse", "reverse_over_reverse"])
-def test_hvp_equals_explicit_hessian_float64(builder, shape, mode):
+def _problem(builder, shape):
+    """A float64 model with warm BatchNorm statistics, data, a loss and the dense Hessian."""
     model = builder()
     x, y = _data(shape)
     _warm_bn(model, x)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=F64)
-    h_ref = explicit_hessian(model, loss, x, y)
+    return model, x, y, loss, explicit_hessian(model, loss, x, y)
+
+
+@pytest.mark.parametrize("builder, shape", [(mlp, (3,)), (cnn, (6, 6, 1))])
+@pytest.mark.parametrize("mode", ["forward_over_reverse", "reverse_over_reverse"])
+def test_hvp_equals_explicit_hessian_float64(builder, shape, mode):
+    model, x, y, loss, h_ref = _problem(builder, shape)
     op = HessianOperator(model, loss, (x, y), mode=mode)
     assert op.size == h_ref.shape[0]
     rng = np.random.default_rng(0)
@@ -195,3 +201,19 @@ def test_rejected_model_and_vector():
     op = HessianOperator(model, keras.losses.MeanSquaredError(), _data((3,)))
     with pytest.raises(ValueError, match="argument `v`"):
         op(np.zeros(op.size + 1))
+
+
+# XLA on CPU has no float64 MaxPoolGradGrad kernel: the CNN runs in graph mode only.
+@pytest.mark.parametrize("builder, shape, jit", [(mlp, (3,), False), (mlp, (3,), True), (cnn, (6, 6, 1), False)])
+def test_one_linearization_serves_every_product(builder, shape, jit):
+    # The first pass is recorded once, outside the loop; each product in the
+    # loop is a backward pass through it: the whole dense Hessian comes out.
+    from keras_dynloss.curvature.flat import FlatParameters
+    from keras_dynloss.curvature.operators import linearized_curvature_fn
+
+    model, x, y, loss, h_ref = _problem(builder, shape)
+    flat = FlatParameters(model)
+    lin = linearized_curvature_fn(flat, loss)
+    xt, yt = tf.constant(x), tf.constant(y)
+    dense = columns_in_one_loop(lambda: lin(flat.read(), xt, yt, None), flat.size, tf.float64, jit)
+    np.testing.assert_allclose(dense, h_ref, rtol=1e-10, atol=1e-12)

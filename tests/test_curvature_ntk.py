@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_dynloss.curvature import NTKOperator
 from keras_dynloss.curvature import ntk_eigenvalues
 from keras_dynloss.curvature import ntk_gram
+from conftest import columns_in_one_loop
 
 F64 = "float64"
 
@@ -118,3 +119,26 @@ def test_auto_is_dense_when_small_and_matrix_free_above_the_limit(monkeypatch):
     np.testing.assert_allclose(big.eigenvalues, exact[:2], rtol=1e-4)
     monkeypatch.setattr(api, "DENSE_NTK_MAX_BYTES", limit)
     assert ntk_eigenvalues(model, x).method == "dense"
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("trace_outputs", [True, False])
+def test_one_recorded_forward_pass_serves_every_product(trace_outputs, jit):
+    # ntk_linearized_fn records the forward pass once; every product in the
+    # compiled loop (J^T u, then J w as the transpose of that VJP) reuses it.
+    from keras_dynloss.curvature.flat import FlatParameters
+    from keras_dynloss.curvature.operators import ntk_linearized_fn
+
+    model, x = model_and_inputs()
+    jac = explicit_jacobian(model, x)
+    if trace_outputs:
+        expected = sum(jac[:, c] @ jac[:, c].T for c in range(3))
+    else:
+        expected = jac.reshape(18, -1) @ jac.reshape(18, -1).T
+    flat = FlatParameters(model)
+    lin = ntk_linearized_fn(flat, trace_outputs=trace_outputs, num_outputs=3)
+    size = expected.shape[0]
+    xt = tf.constant(x)
+
+    dense = columns_in_one_loop(lambda: lin(flat.read(), xt), size, tf.float64, jit)
+    np.testing.assert_allclose(dense, expected, rtol=1e-10, atol=1e-12)

@@ -27,8 +27,9 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
       relative (at most `lanczos_order` products);
     * with `per_layer`, the same for each layer's diagonal block;
     * with `trace`, `trace_samples` Hutchinson products -> `tr(H)`, stderr;
-    * with `ntk`, Lanczos on the empirical NTK (matrix free, VJP + JVP per
-      output channel; traced over outputs by default) -> NTK `lambda_max`;
+    * with `ntk`, Lanczos on the empirical NTK (matrix free, a VJP and its
+      transpose per output channel; traced over outputs by default) -> NTK
+      `lambda_max`;
     * for `eos_ratio` under Adam/AdamW, Lanczos on `P^-1/2 H P^-1/2`.
 
     Keys written into `logs` (progress bar, `History`, `CSVLogger`,

@@ -123,7 +123,8 @@ class NTKOperator:
     `Theta = sum_c J_c J_c^T` (shape `(N, N)`, traced over the K outputs) or
     `Theta = J J^T` (shape `(N*K, N*K)`, rows sample-major, index `i*K + c`),
     with `J_c[i] = d f_c(x_i) / d theta` of the model outputs (logits) w.r.t.
-    the chosen trainable parameters. Computed with VJPs/JVPs, never forming `J`.
+    the chosen trainable parameters. Computed with VJPs and their transposes
+    (`ntk_linearized_fn`), never forming `J`.
 
     Args:
         model: a built `keras.Model`.

@@ -13,7 +13,7 @@ from keras_dynloss.curvature import operators
 
 #: `ntk_eigenvalues(algorithm="auto")` forms the Jacobian (dense, exact) only
 #: when it takes at most this many bytes (`N * K * n * 8`, float64); above it,
-#: it runs matrix-free Lanczos (VJP + JVP products, memory ~`(order + 4) * N`
+#: it runs matrix-free Lanczos (VJP + transpose products, memory ~`(order + 4) * N`
 #: plus one backward pass).
 DENSE_NTK_MAX_BYTES = 2**28
 
@@ -79,7 +79,7 @@ def ntk_eigenvalues(
             `DENSE_NTK_MAX_BYTES` = 256 MiB as float64, i.e.
             `N * K * n <= 2**25`, else `"lanczos"`), `"dense"` (explicit
             Jacobian + `numpy.linalg.eigvalsh`, exact; memory `N*K*n`) or
-            `"lanczos"` (matrix free, VJP/JVP products, `order` of them;
+            `"lanczos"` (matrix free, VJP + transpose products, `order` of them;
             `residuals` say how far to trust the values).
         order: Lanczos steps (default `min(size, max(2k + 10, 20))`).
         seed: Lanczos start vector seed.
