@@ -134,12 +134,7 @@ class ProbeGraph:
         with tf.control_dependencies(after):
             if self.config["replicas"] is not None:
                 return self.config["replicas"].matvec(flat, linearized, x, y, sw)
-            matvec = linearized(flat.read(), x, y, sw)
-
-        def mv(v):
-            return tf.cast(matvec(tf.cast(v, flat.dtype)), tf.float64)
-
-        return mv
+            return _in_float64(linearized(flat.read(), x, y, sw), flat.dtype)
 
     def _lanczos(self, mv, start, seed, k, order):
         size = tf.shape(start)[0]
@@ -188,12 +183,12 @@ class ProbeGraph:
             out["layer/" + name] = self._lanczos(mv, starts["layer/" + name], layer_seed, 1, cfg["order"])
             done = [out["layer/" + name]["values"]]
         if cfg["ntk"]:
-            dtype = self.flat.dtype
             with tf.control_dependencies(done):
-                matvec = self.ntk_linearized(self.flat.read(), x)
-
-            def ntk_mv(u):
-                return tf.cast(matvec(tf.cast(u, dtype)), tf.float64)
-
+                ntk_mv = _in_float64(self.ntk_linearized(self.flat.read(), x), self.flat.dtype)
             out["ntk"] = self._lanczos(ntk_mv, starts["ntk"], seeds[4], 1, cfg["ntk_order"])
         return out
+
+
+def _in_float64(matvec, dtype):
+    """`v -> matvec(v)` for float64 `v` and result, computed in `dtype`."""
+    return lambda v: tf.cast(matvec(tf.cast(v, dtype)), tf.float64)

@@ -37,7 +37,8 @@ class ProbeSetup:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
-    def _optimizer_in_use(self):
+    def optimizer_in_use(self):
+        """The optimizer giving the step (`optimizer=` or the model's, unwrapped)."""
         opt = self._optimizer if self._optimizer is not None else getattr(self.model, "optimizer", None)
         return None if opt is None else eos_lib.unwrap(opt)
 
@@ -59,7 +60,7 @@ class ProbeSetup:
             return loss
         source = getattr(loss, "step", None)
         if source is None:
-            opt = self._optimizer_in_use()
+            opt = self.optimizer_in_use()
             source = None if opt is None else opt.iterations
         if source is None:
             raise val.invalid(
@@ -68,7 +69,7 @@ class ProbeSetup:
         return loss.at_step(0).bind(source)
 
     def _eos_optimizer(self):
-        opt = self._optimizer_in_use()
+        opt = self.optimizer_in_use()
         if not self.eos_ratio:
             return None, None
         found = None if opt is None else eos_lib.kind(opt)
@@ -131,6 +132,6 @@ class ProbeSetup:
         if self._eos_kind is not None:
             curvature = values["preconditioned_max_eig"] if self._eos_kind.startswith("adam") else values[
                 f"{self.prefix}_max_eig"]
-            values[EOS_RATIO] = curvature / eos_lib.threshold(self._optimizer_in_use())
+            values[EOS_RATIO] = curvature / eos_lib.threshold(self.optimizer_in_use())
         return values
 

@@ -196,7 +196,7 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
         raise val.invalid("data", "a non-empty dataset", self._dataset)
 
     def _current_step(self):
-        opt = self._optimizer_in_use()
+        opt = self.optimizer_in_use()
         if opt is None:
             raise val.invalid("step", "the training step (the model has no optimizer to read it from; pass "
                               "`optimizer=` to CurvatureProbe or `step=` to `probe`)", None)
@@ -248,10 +248,6 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
             raise val.invalid("data", "a fixed probe batch (x, y), not a tf.data.Dataset", self._dataset)
         return self._batch
 
-    def optimizer_in_use(self):
-        """The optimizer giving the step (`optimizer=` or the model's, unwrapped)."""
-        return self._optimizer_in_use()
-
     @property
     def probes_taken(self):
         """Number of probes recorded so far."""
@@ -272,7 +268,7 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ #
     def on_train_begin(self, logs=None):
-        if self._optimizer_in_use() is None:
+        if self.optimizer_in_use() is None:
             raise val.invalid("model", "a compiled model with an optimizer", self.model)
         if self.every_n_steps is not None:
             self._last_bucket = self._current_step() // self.every_n_steps

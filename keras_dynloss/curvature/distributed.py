@@ -19,6 +19,8 @@ on replica `r` (concatenated). Multi-worker strategies are not sharded: the
 probe computes locally there (see `CurvatureProbe`).
 """
 
+import contextlib
+
 import tensorflow as tf
 
 from keras_dynloss import _checks as val
@@ -50,12 +52,19 @@ def take_rows(t, start, size):
     return None if t is None else tf.nest.map_structure(lambda a: a[start:start + size], t)
 
 
+def on_device(device):
+    """`tf.device(device)`, or no placement for `None`."""
+    return contextlib.nullcontext() if device is None else tf.device(device)
+
+
 def on_shards(devices, x, fn):
-    """`[fn(start, size) placed on devices[r] for each shard r of x's rows]`."""
+    """`[fn(start, size) placed on devices[r] for each shard r of x's rows]`;
+    `devices=None`: `[fn(0, N)]`, one shard of all rows, unplaced."""
     n = tf.shape(tf.nest.flatten(x)[0])[0]
+    devices = devices or [None]
     parts = []
     for r, device in enumerate(devices):
-        with tf.device(device):
+        with on_device(device):
             parts.append(fn(*shard_bounds(n, len(devices), r)))
     return parts
 

@@ -167,13 +167,12 @@ def linearized_curvature_fn(flat, loss, *, operator="hessian", mode="reverse_ove
 
 def grad_fn(flat, loss, *, training=False, include_regularization=True):
     """Builds `(theta, x, y, sw) -> (grad L, L)`."""
+    value = _loss_fn(flat, loss, training, include_regularization)
 
     def fn(theta, x, y, sw):
         with tf.GradientTape() as tape:
             tape.watch(theta)
-            l = flat_lib.loss_value(
-                flat, loss, theta, x, y, sw, training=training, include_regularization=include_regularization
-            )
+            l = value(theta, x, y, sw)
         return tape.gradient(l, theta, unconnected_gradients=_ZERO), l
 
     return fn

@@ -8,9 +8,8 @@ eagerly (the host API in `algorithms`, where `matvec` may be NumPy code) the
 same loop runs step by step in Python.
 
 Lanczos keeps a preallocated basis `Q` of shape `(m, n)` in float64 (unfilled
-rows are zero, so reorthogonalising against all of `Q` is exact; outside XLA
-only the filled rows are read) and reorthogonalises fully, twice per step
-("twice is enough"). Memory:
+rows are zero, so reorthogonalising against all of `Q` is exact) and
+reorthogonalises fully, twice per step ("twice is enough"). Memory:
 `(m + 4) n` float64 numbers besides the product itself.
 """
 
@@ -144,7 +143,6 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
     basis0 = tf.zeros(tf.stack([order, n]), tf.float64)
     zeros = tf.zeros([order], tf.float64)
     watch = tol is not None
-    xla = _compat.in_xla_context()
     tol = tf.constant(0.0 if tol is None else tol, tf.float64)
 
     def converged(alphas, betas, j):
@@ -156,13 +154,9 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
 
     def body(j, q, q_prev, beta_prev, basis, alphas, betas, breaks, done, eigh):
         basis = tf.tensor_scatter_nd_update(basis, [[j]], q[None])
-        # Rows > j are zero: outside XLA (dynamic shapes) only the filled rows
-        # are read, which matters for large n (on 1.86M parameters the two
-        # passes over all 10 rows took ~60 ms per step).
-        filled = basis if xla else basis[:j + 1]
         w = tf.cast(matvec(q), tf.float64)
         alpha = tf.tensordot(q, w, 1)
-        w = _orthogonalise(w - alpha * q - beta_prev * q_prev, filled)
+        w = _orthogonalise(w - alpha * q - beta_prev * q_prev, basis)
         beta = tf.norm(w)
         scale = tf.reduce_max(tf.abs(tf.concat([alphas, betas, [alpha, beta]], 0)))
         broke = beta <= 1e3 * size * _EPS * tf.maximum(scale, _TINY)
@@ -173,7 +167,7 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
 
         def fresh():
             r = tf.random.stateless_normal(tf.reshape(n, [1]), seed=tf.concat([seed, tf.cast([j], tf.int64)], 0), dtype=tf.float64)
-            r = _orthogonalise(r, filled)
+            r = _orthogonalise(r, basis)
             return r / tf.maximum(tf.norm(r), _TINY)
 
         restarting = tf.logical_and(broke, tf.logical_not(last))

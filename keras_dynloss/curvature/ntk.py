@@ -11,8 +11,6 @@ Products record the forward pass once and then run backward passes only
 `ntk_jacobian` forms it explicitly (memory `N * K * n`) for small problems.
 """
 
-import contextlib
-
 import numpy as np
 import tensorflow as tf
 
@@ -50,31 +48,32 @@ def ntk_linearized_fn(flat, *, trace_outputs=True, training=False, num_outputs, 
     the shards' `J_r w`.
     """
 
+    placements = devices or [None]
+
     def linearize(theta, x):
-        shards = []  # (rows start, rows size, device, tape, outputs)
-        n = tf.shape(tf.nest.flatten(x)[0])[0]
-        for r, device in enumerate(devices or [None]):
-            start, size = distributed.shard_bounds(n, len(devices), r) if devices else (0, n)
-            with _on(device), tf.GradientTape(persistent=True) as tape:
+        def record(start, size):
+            with tf.GradientTape(persistent=True) as tape:
                 tape.watch(theta)
-                xs = distributed.take_rows(x, start, size) if devices else x
+                xs = distributed.take_rows(x, start, size)
                 out = flat_lib.flat_outputs(flat_lib.model_outputs(flat, theta, xs, training=training))
-            shards.append((start, size, device, tape, out))
+            return start, size, tape, out
+
+        shards = distributed.on_shards(devices, x, record)
 
         def gram(cot):  # J J^T cot, cot (N, K)
-            transposes, ws = [], []
-            for start, size, device, tape, out in shards:
-                with _on(device), tf.GradientTape() as t2:
-                    cot_r = tf.cast(cot[start:start + size] if devices else cot, out.dtype)
+            transposes = []
+            for device, (start, size, tape, out) in zip(placements, shards):
+                with distributed.on_device(device), tf.GradientTape() as t2:
+                    cot_r = tf.cast(cot[start:start + size], out.dtype)
                     t2.watch(cot_r)
-                    ws.append(tape.gradient(out, theta, output_gradients=cot_r, unconnected_gradients=_ZERO))
-                transposes.append((device, t2, cot_r))
-            w = tf.stop_gradient(tf.add_n(ws))
+                    w_r = tape.gradient(out, theta, output_gradients=cot_r, unconnected_gradients=_ZERO)
+                transposes.append((device, t2, cot_r, w_r))
+            w = tf.add_n([w_r for *_, w_r in transposes])
             parts = []
-            for (device, t2, cot_r), w_r in zip(transposes, ws):
-                with _on(device):
+            for device, t2, cot_r, w_r in transposes:
+                with distributed.on_device(device):
                     parts.append(t2.gradient(w_r, cot_r, output_gradients=w, unconnected_gradients=_ZERO))
-            return tf.concat(parts, 0) if devices else parts[0]
+            return tf.concat(parts, 0)
 
         if trace_outputs:
 
@@ -105,10 +104,6 @@ def ntk_matvec_fn(flat, *, trace_outputs=True, training=False, num_outputs, devi
     linearize = ntk_linearized_fn(flat, trace_outputs=trace_outputs, training=training,
                                   num_outputs=num_outputs, devices=devices)
     return lambda theta, u, x: linearize(theta, x)(u)
-
-
-def _on(device):
-    return contextlib.nullcontext() if device is None else tf.device(device)
 
 
 def num_samples_and_outputs(flat, x, training=False):
