@@ -58,3 +58,28 @@ def time_interleaved(fns, repeats=30, inner=20):
                 fn()
             samples[name].append((time.perf_counter() - t0) / inner)
     return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+class AllocatorPeak:
+    """Peak bytes TensorFlow's CPU allocator holds inside the block, above what
+    it held on entry (`tf.config.experimental.get_memory_info`: every tensor,
+    no sampling; not Python objects or kernel-internal scratch)."""
+
+    def __enter__(self):
+        import tensorflow as tf
+
+        self._tf = tf
+        self.base = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        return self
+
+    def __exit__(self, *exc):
+        self.growth = self._tf.config.experimental.get_memory_info("CPU:0")["peak"] - self.base
+
+
+def allocator_peak(fn):
+    """`AllocatorPeak` growth of the second of two calls of `fn` (the first traces)."""
+    fn()
+    with AllocatorPeak() as mem:
+        fn()
+    return mem.growth

@@ -14,8 +14,11 @@ Measured, on the same batch and machine:
   the median steady probe, each steady probe after 25 training steps, both
   for the Hessian alone and for Hessian + traced NTK; the steady probe in
   training steps (goal: first <= 20 s, steady Hessian + NTK <= 40 steps);
-* peak RSS growth during the first and the steady probes (psutil, sampled),
-  vs `(order + 4) n 8` bytes of Lanczos state plus one backward pass;
+* peak memory of the first and the steady probes (TensorFlow's CPU allocator,
+  `curvature_common.AllocatorPeak`: every tensor, no sampling) beside the
+  Lanczos state `(order + 4) n 8` bytes, one loss gradient (one backward
+  pass) and one product computed alone (`hvp_fn`: forward, gradient and the
+  second backward pass; one traced NTK product) on the same batch;
 * for comparison, the full (untraced) NTK, one VJP and its transpose per product.
 
 MLP: 784-1024-1024-10 (1.86M parameters), the same measurements for the
@@ -27,16 +30,18 @@ Run: PYTHONPATH=. python bench/curvature_scale.py
 
 import argparse
 import os
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
+from curvature_common import AllocatorPeak, allocator_peak  # noqa: E402
 from keras_dynloss.curvature import CurvatureProbe, ntk_eigenvalues  # noqa: E402
+from keras_dynloss.curvature import flat as flat_lib  # noqa: E402
+from keras_dynloss.curvature import hessian, ntk  # noqa: E402
 from keras_dynloss.curvature.ntk_api import DENSE_NTK_MAX_BYTES  # noqa: E402
 
 
@@ -77,28 +82,22 @@ def data(n=4096):
         return rng.uniform(size=(n, 28, 28, 1)).astype("float32"), rng.integers(0, 10, n)
 
 
-class PeakRSS:
-    """Samples the process RSS every 5 ms while active."""
-
-    def __enter__(self):
-        self.proc, self.base, self.peak, self.run = psutil.Process(), 0, 0, True
-        self.base = self.peak = self.proc.memory_info().rss
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.run:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self.run = False
-        self.thread.join()
-
-    @property
-    def growth(self):
-        return self.peak - self.base
+def alone_peaks(model, loss, xb, yb, with_ntk):
+    """Allocator peaks of one gradient, one Hessian product and (with_ntk) one
+    traced NTK product, each computed alone in its own `tf.function`."""
+    flat = flat_lib.FlatParameters(model)
+    xb, yb = tf.constant(xb), tf.constant(yb)
+    v = tf.ones([flat.size], flat.dtype)
+    grad = hessian.grad_fn(flat, loss)
+    hvp = hessian.hvp_fn(flat, loss)
+    peaks = {"gradient": allocator_peak(tf.function(lambda: grad(flat.read(), xb, yb, None)[0])),
+             "hvp": allocator_peak(tf.function(lambda: hvp(flat.read(), v, xb, yb, None)[0]))}
+    if with_ntk:
+        k = int(model.outputs[0].shape[-1])
+        product = ntk.ntk_matvec_fn(flat, num_outputs=k)
+        u = tf.ones([int(xb.shape[0])], flat.dtype)
+        peaks["ntk"] = allocator_peak(tf.function(lambda: product(flat.read(), u, xb)))
+    return peaks
 
 
 def measure(model, x, y, probe_kwargs, steps_between=25, probes=4):
@@ -112,8 +111,9 @@ def measure(model, x, y, probe_kwargs, steps_between=25, probes=4):
         t0 = time.perf_counter()
         model.train_on_batch(xb, yb)
         step_times.append(time.perf_counter() - t0)
+    peaks = alone_peaks(model, model.loss, xb, yb, probe_kwargs.get("ntk", False))
     probe = CurvatureProbe((xb, yb), **probe_kwargs)
-    with PeakRSS() as mem:
+    with AllocatorPeak() as mem:
         t0 = time.perf_counter()
         probe.probe(model)
         first = time.perf_counter() - t0
@@ -124,15 +124,30 @@ def measure(model, x, y, probe_kwargs, steps_between=25, probes=4):
             t0 = time.perf_counter()
             model.train_on_batch(x[s:s + 256], y[s:s + 256])
             step_times.append(time.perf_counter() - t0)
-        with PeakRSS() as steady_mem:
+        with AllocatorPeak() as steady_mem:
             t0 = time.perf_counter()
             probe.probe(model)
             steady.append(time.perf_counter() - t0)
         growth.append(steady_mem.growth)
     step = float(np.median(step_times))
     return dict(n=n, step=step, first=first, steady=float(np.median(steady)), history=probe.history,
-                rss_growth=mem.growth, steady_growth=max(growth),
-                bound=(probe_kwargs.get("lanczos_order", 20) + 4) * n * 8)
+                first_peak=mem.growth, steady_peak=max(growth), peaks=peaks,
+                state=(probe_kwargs.get("lanczos_order", 20) + 4) * n * 8)
+
+
+def lanczos_memory(n=2_000_000, order=10):
+    """Allocator peak of the Lanczos loop alone (top Ritz pair, tol 1e-3) on a
+    diagonal operator of size n, graph mode and XLA, in n-vectors of float64."""
+    from keras_dynloss.curvature import krylov
+
+    d = tf.random.stateless_uniform([n], seed=[0, 1], dtype=tf.float64)
+    start = tf.random.stateless_normal([n], seed=[0, 2], dtype=tf.float64)
+    for jit in (False, True):
+        fn = tf.function(lambda: krylov.ritz(krylov.lanczos_loop(lambda v: d * v, start, order, tol=1e-3), 1)[2],
+                         jit_compile=jit)
+        peak = allocator_peak(fn)
+        print(f"  Lanczos loop alone, n={n}, order {order}, {'XLA' if jit else 'graph'}: peak "
+              f"{peak / 2**20:.0f} MiB = {peak / (8 * n):.1f} n-vectors (state bound order+4 = {order + 4})")
 
 
 def report(name, r, ntk):
@@ -143,9 +158,13 @@ def report(name, r, ntk):
     print(f"     lambda_max {h['hessian_max_eig'][-1]:.4g} (residual {h['hessian_max_eig_residual'][-1]:.1e})"
           + (f", NTK lambda_max {h['ntk_max_eig'][-1]:.4g} (residual {h['ntk_max_eig_residual'][-1]:.1e})"
              if ntk else "")
-          + f"; peak RSS growth: first probe (incl. tracing) {r['rss_growth'] / 2**20:.0f} MiB, steady probe "
-            f"{r['steady_growth'] / 2**20:.0f} MiB (Lanczos (order+4)*n*8 = {r['bound'] / 2**20:.1f} MiB "
-            "+ one backward pass)")
+          )
+    p, mib = r["peaks"], 2**-20
+    print(f"     peak memory (allocator): first probe {r['first_peak'] * mib:.0f} MiB, steady probe "
+          f"{r['steady_peak'] * mib:.0f} MiB = {r['steady_peak'] / p['gradient']:.2f} x one gradient "
+          f"({p['gradient'] * mib:.0f} MiB); alone: one Hessian product {p['hvp'] * mib:.0f} MiB"
+          + (f", one traced NTK product {p['ntk'] * mib:.0f} MiB" if "ntk" in p else "")
+          + f"; Lanczos state (order+4)*n*8 = {r['state'] * mib:.1f} MiB")
 
 
 def main():
@@ -154,10 +173,14 @@ def main():
     parser.add_argument("--skip-mlp", action="store_true")
     args = parser.parse_args()
     x, y = data()
+    lanczos_memory()
     print(f"ResNet-style CNN, probe batch 256 of 28x28x1, n={resnet_cnn().count_params()} parameters "
           f"({sum(int(np.prod(v.shape)) for v in resnet_cnn().trainable_variables)} trainable)")
     kwargs = dict(lanczos_order=10, eos_ratio=False)
     report("Hessian (order <= 10)", measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=False)
+    kwargs = dict(lanczos_order=10, eos_ratio=False, hvp_mode="forward_over_reverse")
+    report("Hessian, hvp_mode='forward_over_reverse' (no recorded first pass: less memory)",
+           measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=False)
     kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, eos_ratio=False)
     report("Hessian + traced NTK (orders <= 10)", measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
     kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, ntk_trace_outputs=False, eos_ratio=False)

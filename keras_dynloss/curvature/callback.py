@@ -110,7 +110,11 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
         ntk_trace_outputs: traced `(N, N)` NTK (default) or full `(N*K, N*K)`.
         eos_ratio: log `eos_ratio` (SGD, Adam, AdamW).
         probe_at_start: also probe at train begin.
-        hvp_mode: `"reverse_over_reverse"` or `"forward_over_reverse"`.
+        hvp_mode: `"reverse_over_reverse"` (default: the forward pass and the
+            gradient are recorded once per probe and kept for all its
+            products, each then one backward pass) or
+            `"forward_over_reverse"` (each product runs its own forward pass:
+            slower, less memory; see the README's performance table).
         training: evaluate the model in training mode (default `False`).
         seed: seed of the random start vectors and Hutchinson probes.
         optimizer: optimizer giving the step and `eos_ratio`; default

@@ -151,7 +151,9 @@ def linearized_curvature_fn(flat, loss, *, operator="hessian", mode="reverse_ove
     through the gradient's graph (on a ResNet-style CNN, 6 products took 1.95 s
     instead of 2.4 s). Called in a `tf.function` outside a loop whose body
     calls `matvec` (the probe's Lanczos), that first pass runs once per loop and
-    its activations stay alive for the loop. Gauss-Newton and
+    its activations and the gradient's graph stay alive for the loop (on that
+    CNN a probe then peaks at 4.1 loss gradients of memory, against 2.6 with
+    forward-over-reverse products and 2.8 for one product alone). Gauss-Newton and
     forward-over-reverse products carry the tangent through the forward pass,
     so there `matvec` runs the whole product (`curvature_fn`).
     """

@@ -7,10 +7,14 @@ one loop body whatever the order, so trace time does not grow with it; called
 eagerly (the host API in `algorithms`, where `matvec` may be NumPy code) the
 same loop runs step by step in Python.
 
-Lanczos keeps a preallocated basis `Q` of shape `(m, n)` in float64 (unfilled
-rows are zero, so reorthogonalising against all of `Q` is exact) and
-reorthogonalises fully, twice per step ("twice is enough"). Memory:
-`(m + 4) n` float64 numbers besides the product itself.
+Lanczos keeps its basis `Q` (up to `m` rows of shape `(n,)`, float64) in a
+`tf.TensorArray`: a row is written once and read in place, never copied. It
+reorthogonalises fully, by modified Gram-Schmidt over the filled rows, twice
+per step ("twice is enough"). Memory besides the product itself: at most
+`(m + 4) n` float64 numbers in graph mode (TensorFlow's allocator peak for
+`m = 10`, `n = 2e6`: 13.6 n), 17.8 n under XLA (`bench/curvature_scale.py`).
+The earlier `(m, n)` tensor loop variable was copied by every row update:
+30-32 n in graph mode, 24 n under XLA.
 """
 
 import collections
@@ -26,18 +30,49 @@ _TINY = float(np.finfo(np.float64).tiny)
 #: Result of `lanczos_loop` (tensors). `alphas`, `betas`: `(m,)`; only the first
 #: `steps` entries are filled. `betas[j]` is the norm of the residual after step
 #: `j` (the off-diagonal `T[j, j+1]` for `j < steps - 1`, the final residual
-#: norm for `j = steps - 1`; 0 at a breakdown). `basis`: `(m, n)`, rows
-#: `q_0 .. q_{steps-1}`. `steps`, `breakdowns`: int32 scalars. `eigh`: with a
-#: `tol`, the `_padded_eigh` of the last step's `T` the stopping rule computed
+#: norm for `j = steps - 1`; 0 at a breakdown). `basis`: a `tf.TensorArray` of
+#: `m` rows `(n,)`, `q_0 .. q_{steps-1}` written (`basis_rows` and `combine` also
+#: take its `stack()`, e.g. to return it from a `tf.function`). `steps`,
+#: `breakdowns`: int32 scalars. `eigh`: with a `tol`, the `_padded_eigh` of the last step's `T` the stopping rule computed
 #: (reused by `ritz`), else `None`.
 LanczosRun = collections.namedtuple("LanczosRun", "alphas betas basis steps breakdowns eigh",
                                     defaults=(None,))
 
 
-def _orthogonalise(w, basis):
-    for _ in range(2):
-        w = w - tf.linalg.matvec(basis, tf.linalg.matvec(basis, w), transpose_a=True)
-    return w
+def _orthogonalise(w, basis, rows):
+    """`w` minus its projections on rows `0 .. rows-1` of `basis` (modified
+    Gram-Schmidt, two sweeps), reading each row in place."""
+
+    def body(i, w):
+        q = basis.read(i % rows)
+        return i + 1, w - tf.tensordot(q, w, 1) * q
+
+    return tf.while_loop(lambda i, _: i < 2 * rows, body, (tf.constant(0), w), parallel_iterations=1)[1]
+
+
+def _row(basis, i):
+    return basis.read(i) if isinstance(basis, tf.TensorArray) else basis[i]
+
+
+def basis_rows(run):
+    """The filled basis of a `LanczosRun` as one `(steps, n)` tensor (a copy)."""
+    if isinstance(run.basis, tf.TensorArray):
+        return run.basis.gather(tf.range(run.steps))
+    return run.basis[: run.steps]
+
+
+def combine(run, coefficients):
+    """`sum_i coefficients[i] q_i` over the filled rows: `(n, k)` for
+    `coefficients` of shape `(m, k)`, accumulated row by row (no basis copy)."""
+    coefficients = tf.convert_to_tensor(coefficients, tf.float64)
+
+    def term(i):
+        return _row(run.basis, i)[:, None] * coefficients[i][None, :]
+
+    def body(i, total):
+        return i + 1, total + term(i)
+
+    return tf.while_loop(lambda i, _: i < run.steps, body, (tf.constant(1), term(0)), parallel_iterations=1)[1]
 
 
 def tridiagonal(alphas, betas, steps):
@@ -106,7 +141,7 @@ def ritz(run, k=1):
     nan = tf.constant(np.nan, tf.float64)
     values = tf.where(real, theta, nan)
     residuals = tf.where(real, tf.abs(run.betas[run.steps - 1] * s[run.steps - 1]), nan)
-    vectors = tf.linalg.matmul(run.basis, tf.where(real[None, :], s, 0.0), transpose_a=True)
+    vectors = combine(run, tf.where(real[None, :], s, 0.0))
     return values, residuals, vectors
 
 
@@ -140,7 +175,7 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
     size = tf.cast(n, tf.float64)
     seed = tf.cast(tf.reshape(seed, [-1])[:1], tf.int64)
     q0 = start / tf.norm(start)
-    basis0 = tf.zeros(tf.stack([order, n]), tf.float64)
+    basis0 = tf.TensorArray(tf.float64, size=order, element_shape=start.shape, clear_after_read=False)
     zeros = tf.zeros([order], tf.float64)
     watch = tol is not None
     tol = tf.constant(0.0 if tol is None else tol, tf.float64)
@@ -153,10 +188,10 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         return tf.reduce_all(tf.logical_or(ok, tf.logical_not(watched))), (theta, s)
 
     def body(j, q, q_prev, beta_prev, basis, alphas, betas, breaks, done, eigh):
-        basis = tf.tensor_scatter_nd_update(basis, [[j]], q[None])
+        basis = basis.write(j, q)
         w = tf.cast(matvec(q), tf.float64)
         alpha = tf.tensordot(q, w, 1)
-        w = _orthogonalise(w - alpha * q - beta_prev * q_prev, basis)
+        w = _orthogonalise(w - alpha * q - beta_prev * q_prev, basis, j + 1)
         beta = tf.norm(w)
         scale = tf.reduce_max(tf.abs(tf.concat([alphas, betas, [alpha, beta]], 0)))
         broke = beta <= 1e3 * size * _EPS * tf.maximum(scale, _TINY)
@@ -166,8 +201,8 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         last = j + 1 >= order
 
         def fresh():
-            r = tf.random.stateless_normal(tf.reshape(n, [1]), seed=tf.concat([seed, tf.cast([j], tf.int64)], 0), dtype=tf.float64)
-            r = _orthogonalise(r, basis)
+            r = tf.random.stateless_normal(tf.shape(q0), seed=tf.concat([seed, tf.cast([j], tf.int64)], 0), dtype=tf.float64)
+            r = _orthogonalise(r, basis, j + 1)
             return r / tf.maximum(tf.norm(r), _TINY)
 
         restarting = tf.logical_and(broke, tf.logical_not(last))

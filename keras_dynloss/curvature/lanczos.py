@@ -94,7 +94,7 @@ def lanczos_tridiagonal(
     return LanczosDecomposition(
         alphas=alphas,
         betas=betas[:-1].copy(),
-        basis=run.basis.numpy()[:steps].T.copy() if keep_basis else None,
+        basis=krylov.basis_rows(run).numpy().T.copy() if keep_basis else None,
         residual_norm=float(betas[-1]),
         num_matvecs=steps,
         breakdowns=breakdowns,
