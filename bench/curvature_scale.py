@@ -19,7 +19,9 @@ Measured, on the same batch and machine:
   Lanczos state `(order + 4) n 8` bytes, one loss gradient (one backward
   pass) and one product computed alone (`hvp_fn`: forward, gradient and the
   second backward pass; one traced NTK product) on the same batch;
-* for comparison, the full (untraced) NTK, one VJP and its transpose per product.
+* for comparison, the full (untraced) NTK, one VJP and its transpose per product;
+* for memory, the Hessian probe with `hvp_mode="forward_over_reverse"`, and
+  the Hessian and Hessian + traced NTK probes with `micro_batch_size=64`.
 
 MLP: 784-1024-1024-10 (1.86M parameters), the same measurements for the
 Hessian probe, and `ntk_eigenvalues` on 256 inputs, which above
@@ -181,6 +183,12 @@ def main():
     kwargs = dict(lanczos_order=10, eos_ratio=False, hvp_mode="forward_over_reverse")
     report("Hessian, hvp_mode='forward_over_reverse' (no recorded first pass: less memory)",
            measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=False)
+    kwargs = dict(lanczos_order=10, eos_ratio=False, micro_batch_size=64)
+    report("Hessian, micro_batch_size=64 (4 sub-batches per product, one at a time)",
+           measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=False)
+    kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, eos_ratio=False, micro_batch_size=64)
+    report("Hessian + traced NTK, micro_batch_size=64",
+           measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
     kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, eos_ratio=False)
     report("Hessian + traced NTK (orders <= 10)", measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
     kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, ntk_trace_outputs=False, eos_ratio=False)

@@ -19,10 +19,12 @@ top-k Ritz values, their residuals, the products used and the next start.
 
 import tensorflow as tf
 
+from keras_dynloss import _checks as val
 from keras_dynloss.curvature import eos as eos_lib
 from keras_dynloss.curvature import flat as flat_lib
 from keras_dynloss.curvature import hessian
 from keras_dynloss.curvature import krylov
+from keras_dynloss.curvature import micro_batches
 from keras_dynloss.curvature import ntk as ntk_lib
 
 
@@ -37,7 +39,8 @@ class ProbeGraph:
             `order`, `tol`, `noise`, `trace_samples` (0: none), `ntk` (bool),
             `ntk_order`, `ntk_trace_outputs`, `eos_optimizer` (an Adam to
             precondition with, or `None`), `replicas` (a
-            `distributed.ShardedProducts` or `None`).
+            `distributed.ShardedProducts` or `None`), optionally
+            `micro_batch_size` (see `micro_batches`) and `jit_compile`.
         x: an example probe input (sizes the NTK).
     """
 
@@ -45,11 +48,25 @@ class ProbeGraph:
         self.config = config
         self.flat = flat_lib.FlatParameters(model, config["variables"])
         kwargs = dict(operator=config["operator"], mode=config["mode"], training=config["training"])
-        self.product = hessian.linearized_curvature_fn(self.flat, loss, **kwargs)
+        micro = config.get("micro_batch_size")
+        if micro:
+            rows = tf.nest.flatten(x)[0].shape[0]
+            if config.get("jit_compile") and (rows is None or rows % micro):
+                raise val.invalid("micro_batch_size", f"a divisor of the probe batch size ({rows}) under "
+                                  "jit_compile=True (XLA needs equal sub-batches)", micro)
+
+            def operator(flat):
+                return micro_batches.micro_batched_curvature_fn(flat, loss, micro, **kwargs)
+        else:
+
+            def operator(flat):
+                return hessian.linearized_curvature_fn(flat, loss, **kwargs)
+
+        self.product = operator(self.flat)
         self.layers = []
         for name, layer in config["layers"]:
             flat = flat_lib.FlatParameters(model, [layer])
-            self.layers.append((name, flat, hessian.linearized_curvature_fn(flat, loss, **kwargs)))
+            self.layers.append((name, flat, operator(flat)))
         self.sizes = {"main": self.flat.size}
         for name, flat, _ in self.layers:
             self.sizes["layer/" + name] = flat.size
@@ -63,10 +80,11 @@ class ProbeGraph:
             replicas = config["replicas"]
             #: The devices the NTK products are sharded over (`None`: one device).
             self.ntk_devices = None if replicas is None else replicas.devices
-            self.ntk_linearized = ntk_lib.ntk_linearized_fn(
-                self.flat, trace_outputs=config["ntk_trace_outputs"], training=config["training"],
-                num_outputs=k, devices=self.ntk_devices,
-            )
+            ntk_kwargs = dict(trace_outputs=config["ntk_trace_outputs"], training=config["training"], num_outputs=k)
+            if micro:
+                self.ntk_linearized = micro_batches.micro_batched_ntk_fn(self.flat, micro, **ntk_kwargs)
+            else:
+                self.ntk_linearized = ntk_lib.ntk_linearized_fn(self.flat, devices=self.ntk_devices, **ntk_kwargs)
             self.sizes["ntk"] = n_samples if config["ntk_trace_outputs"] else n_samples * k
         self.names = list(self.sizes)
         self.total = sum(self.sizes.values())

@@ -104,6 +104,10 @@ class ProbeSetup:
             eos_optimizer=opt if kind == "adam" else None,
             replicas=distributed.sharded_products(self.model),
         )
+        if config["replicas"] is not None and self.micro_batch_size:
+            raise val.invalid("micro_batch_size", "None under a MirroredStrategy (the probe batch is already "
+                              "split across the replicas)", self.micro_batch_size)
+        config["micro_batch_size"] = self.micro_batch_size
         if config["replicas"] is not None and self.jit_compile:
             raise val.invalid("jit_compile", "False under a MirroredStrategy (one XLA cluster cannot span "
                               "several devices)", self.jit_compile)

@@ -110,20 +110,20 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
         ntk_trace_outputs: traced `(N, N)` NTK (default) or full `(N*K, N*K)`.
         eos_ratio: log `eos_ratio` (SGD, Adam, AdamW).
         probe_at_start: also probe at train begin.
-        hvp_mode: `"reverse_over_reverse"` (default: the forward pass and the
-            gradient are recorded once per probe and kept for all its
-            products, each then one backward pass) or
-            `"forward_over_reverse"` (each product runs its own forward pass:
-            slower, less memory; see the README's performance table).
+        hvp_mode: `"reverse_over_reverse"` (default: forward pass and gradient
+            recorded once per probe, kept for its products) or
+            `"forward_over_reverse"` (a forward pass per product: slower, less
+            memory; see the README's performance table).
+        micro_batch_size: compute every product over sub-batches of this
+            many samples, one at a time (less memory, a forward pass per
+            sub-batch; not under a `MirroredStrategy`; see `micro_batches`).
         training: evaluate the model in training mode (default `False`).
         seed: seed of the random start vectors and Hutchinson probes.
         optimizer: optimizer giving the step and `eos_ratio`; default
             `model.optimizer` (a `LossScaleOptimizer` is looked through).
         csv_path: stream each probe as one CSV row to this file (flushed per
             probe) instead of keeping `history` (overwritten at first probe).
-        jit_compile: compile the probe with XLA (the first probe compiles for
-            ~2 s; on the spiral MLP on CPU a 1-product probe call then takes
-            0.5 ms instead of 0.8 ms).
+        jit_compile: compile the probe with XLA (first probe: ~2 s compile).
 
     Example:
         >>> probe = CurvatureProbe((x[:256], y[:256]), every_n_steps=25, ntk=True)
@@ -135,7 +135,8 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
                  variables=None, per_layer=False, top_k=1, lanczos_order=20, tol=1e-3, warm_start=True,
                  warm_start_noise=0.01, trace=False, trace_samples=10, ntk=False, ntk_order=10,
                  ntk_trace_outputs=True, eos_ratio=True, probe_at_start=True, hvp_mode="reverse_over_reverse",
-                 training=False, seed=0, optimizer=None, csv_path=None, jit_compile=False):
+                 training=False, seed=0, optimizer=None, csv_path=None, jit_compile=False,
+                 micro_batch_size=None):
         super().__init__()
         if every_n_steps is not None and every_n_epochs is not None:
             raise val.invalid("every_n_epochs", "None when `every_n_steps` is given (give at most one)",
@@ -171,6 +172,7 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
         self.eos_ratio, self.probe_at_start, self.training = eos_ratio, probe_at_start, training
         self.jit_compile = jit_compile
         self.hvp_mode = val.check_choice("hvp_mode", hvp_mode, hessian.HVP_MODES)
+        self.micro_batch_size = val.check_int("micro_batch_size", micro_batch_size, minimum=1, allow_none=True)
         self.seed = val.check_int("seed", seed, minimum=0)
         if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
             raise val.invalid("optimizer", "a keras.optimizers.Optimizer or None", optimizer)

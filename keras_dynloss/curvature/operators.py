@@ -33,6 +33,8 @@ from keras_dynloss.curvature.hessian import ggn_fn
 from keras_dynloss.curvature.hessian import grad_fn
 from keras_dynloss.curvature.hessian import hvp_fn
 from keras_dynloss.curvature.hessian import linearized_curvature_fn
+from keras_dynloss.curvature.micro_batches import micro_batched_curvature_fn
+from keras_dynloss.curvature.micro_batches import micro_batched_ntk_fn
 from keras_dynloss.curvature.ntk import NTKOperator
 from keras_dynloss.curvature.ntk import ntk_jacobian
 from keras_dynloss.curvature.ntk import ntk_linearized_fn
@@ -53,6 +55,8 @@ __all__ = [
     "hvp_fn",
     "linearized_curvature_fn",
     "loss_value",
+    "micro_batched_curvature_fn",
+    "micro_batched_ntk_fn",
     "model_outputs",
     "ntk_jacobian",
     "ntk_linearized_fn",
