@@ -7,7 +7,10 @@ over consecutive sub-batches of `batch_size` rows, one after another in a
 `tf.while_loop`, a product holds one sub-batch's. Every sub-batch runs its own
 forward pass (nothing is recorded across products): memory, not speed. The
 last sub-batch is shorter when `batch_size` does not divide `N`; under XLA it
-must divide `N` (static shapes).
+must divide `N` (static shapes). In inference mode (the default) every sample's
+outputs are independent of the others', so the sums below are the whole
+batch's operator exactly; with `training=True`, BatchNormalization normalises
+each sub-batch by its own statistics (as under a `MirroredStrategy`).
 """
 
 import tensorflow as tf
