@@ -13,7 +13,7 @@ from keras_dynloss.experiments._spiral import build_mlp
 A, T, EVERY = 20.0, 30, 5
 
 
-def _model(per_batch, x, y, *, every=None, capacity=50, jit=True):
+def _model(per_batch, x, y, *, every=None, capacity=50, jit=True, micro_batch_size=None):
     model = build_mlp(8, 3, seed=3, dtype="float64", updates_per_batch=per_batch)
     opt = keras.optimizers.SGD(0.5)
     opt.build(model.trainable_variables)
@@ -22,7 +22,8 @@ def _model(per_batch, x, y, *, every=None, capacity=50, jit=True):
     callbacks = [DynamicalLossScheduler(log_weights=False)]
     in_step = None
     if every:
-        probe = CurvatureProbe((x, y), every_n_steps=every, lanczos_order=20, tol=1e-7)
+        probe = CurvatureProbe((x, y), every_n_steps=every, lanczos_order=20, tol=1e-7,
+                               micro_batch_size=micro_batch_size)
         in_step = InStepProbe(probe, capacity=capacity)
         in_step.build(model)
         model.in_step_probe = in_step
@@ -66,11 +67,11 @@ def _dense_max_eig(x, y, weights, step):
     return float(np.linalg.eigvalsh(explicit_hessian(model, loss, x, y))[-1])
 
 
-@pytest.mark.parametrize("jit", [True, False])
-def test_in_step_values_equal_the_dense_hessian_at_every_probed_step(spiral, jit):
+@pytest.mark.parametrize("jit, micro_batch_size", [(True, None), (False, None), (True, 30)])
+def test_in_step_values_equal_the_dense_hessian_at_every_probed_step(spiral, jit, micro_batch_size):
     x, y = spiral[0].astype("float64"), spiral[1]
     # Probes every 5 steps inside batches of 10 updates: steps 0, 5, ..., 30.
-    model, callbacks, in_step = _model(10, x, y, every=EVERY, jit=jit)
+    model, callbacks, in_step = _model(10, x, y, every=EVERY, jit=jit, micro_batch_size=micro_batch_size)
     _fit(model, callbacks, x, y, batches=3)
     reference, ref_callbacks, _ = _model(5, x, y)  # no probe, a snapshot after every 5 updates
     snaps = _Snapshots()
@@ -99,6 +100,13 @@ def test_in_step_probe_leaves_training_bitwise_unchanged_and_fills_logs(spiral):
     assert probe.history["epoch"] == [0] * 5 + [1] * 4  # flushed at each epoch end
     assert history.history["hessian_max_eig"] == [probe.history["hessian_max_eig"][i] for i in (4, 8)]
     assert max(probe.history["hessian_matvecs"]) <= 20
+
+
+def test_uneven_micro_batches_are_refused_inside_an_xla_training_step(spiral):
+    x, y = spiral[0].astype("float64"), spiral[1]  # 90 samples
+    model, callbacks, _ = _model(10, x, y, every=EVERY, micro_batch_size=40)
+    with pytest.raises(ValueError, match=r"micro_batch_size.*divisor of the probe batch size \(90\)"):
+        _fit(model, callbacks, x, y, batches=1)
 
 
 def test_a_full_buffer_raises_instead_of_dropping_probes(spiral):

@@ -19,7 +19,6 @@ top-k Ritz values, their residuals, the products used and the next start.
 
 import tensorflow as tf
 
-from keras_dynloss import _checks as val
 from keras_dynloss.curvature import eos as eos_lib
 from keras_dynloss.curvature import flat as flat_lib
 from keras_dynloss.curvature import hessian
@@ -50,10 +49,6 @@ class ProbeGraph:
         kwargs = dict(operator=config["operator"], mode=config["mode"], training=config["training"])
         micro = config.get("micro_batch_size")
         if micro:
-            rows = tf.nest.flatten(x)[0].shape[0]
-            if config.get("jit_compile") and (rows is None or rows % micro):
-                raise val.invalid("micro_batch_size", f"a divisor of the probe batch size ({rows}) under "
-                                  "jit_compile=True (XLA needs equal sub-batches)", micro)
 
             def operator(flat):
                 return micro_batches.micro_batched_curvature_fn(flat, loss, micro, **kwargs)

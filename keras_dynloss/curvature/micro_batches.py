@@ -15,6 +15,8 @@ each sub-batch by its own statistics (as under a `MirroredStrategy`).
 
 import tensorflow as tf
 
+from keras_dynloss import _checks as val
+from keras_dynloss import _compat
 from keras_dynloss.curvature import flat as flat_lib
 from keras_dynloss.curvature import hessian
 
@@ -27,6 +29,9 @@ def _sub_batches(x, batch_size):
     number of sub-batches; whether they are all full (static)."""
     first = tf.nest.flatten(x)[0]
     even = first.shape[0] is not None and first.shape[0] % batch_size == 0
+    if not even and _compat.in_xla_context():
+        raise val.invalid("micro_batch_size", f"a divisor of the probe batch size ({first.shape[0]}) under XLA "
+                          "(jit_compile: equal sub-batches)", batch_size)
 
     def take(a, start):
         if even:  # a static sub-batch shape (XLA)
