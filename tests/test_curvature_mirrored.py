@@ -67,8 +67,13 @@ with strategy.scope():
     fitted = build()
 fit_probe = CurvatureProbe((x, y), every_n_steps=2, lanczos_order=10, ntk=True, ntk_order=4)
 fitted.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[fit_probe])
+try:  # sub-batches would split the replicas' shards again: refused, naming the argument
+    CurvatureProbe((x, y), micro_batch_size=4).probe(two, step=0)
+    refused = ""
+except ValueError as err:
+    refused = str(err)
 print(json.dumps({"two": probe_values(two, True), "one": probe_values(one, False), "exact": exact,
-                  "exact_ntk": exact_ntk,
+                  "exact_ntk": exact_ntk, "refused": refused,
                   "replicas": strategy.num_replicas_in_sync, "fit_steps": fit_probe.history["step"]}))
 '''
 
@@ -93,3 +98,4 @@ def test_mirrored_probe_equals_one_device(tmp_path):
     np.testing.assert_allclose(two["ntk_max_eig"], one["ntk_max_eig"], rtol=1e-6)
     np.testing.assert_allclose(two["ntk_max_eig"], result["exact_ntk"], rtol=1e-5)
     assert result["fit_steps"] == [0, 2, 4]
+    assert "micro_batch_size" in result["refused"] and "MirroredStrategy" in result["refused"]
