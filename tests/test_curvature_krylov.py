@@ -12,13 +12,16 @@ def _sym(n, spectrum, seed=0):
     return (q * spectrum) @ q.T, q
 
 
-def _compiled(a, order, **kwargs):
+def _compiled(a, order, ritz_k=1, **kwargs):
+    """A compiled Lanczos run on `a`: its coefficients, filled basis and top-`ritz_k` Ritz pairs."""
     a_t = tf.constant(a)
 
     @tf.function
     def run(start):
         run = krylov.lanczos_loop(lambda v: tf.linalg.matvec(a_t, v), start, order, **kwargs)
-        return run._replace(basis=run.basis.stack())  # a TensorArray does not leave the function
+        values, residuals, vectors = krylov.ritz(run, ritz_k)
+        return dict(steps=run.steps, breakdowns=run.breakdowns, alphas=run.alphas, betas=run.betas,
+                    rows=krylov.basis_rows(run), values=values, residuals=residuals, vectors=vectors)
 
     return run
 
@@ -26,14 +29,14 @@ def _compiled(a, order, **kwargs):
 def test_full_order_in_graph_rebuilds_the_matrix():
     spectrum = np.random.default_rng(1).standard_normal(30) * 3
     a, _ = _sym(30, spectrum)
-    run = _compiled(a, 30)(tf.constant(np.random.default_rng(2).standard_normal(30)))
-    steps = int(run.steps)
-    q = krylov.basis_rows(run).numpy().T
-    t = krylov.tridiagonal(run.alphas, run.betas, steps).numpy()
-    assert steps == 30 and int(run.breakdowns) == 0
+    run = _compiled(a, 30, ritz_k=3)(tf.constant(np.random.default_rng(2).standard_normal(30)))
+    steps = int(run["steps"])
+    q = run["rows"].numpy().T
+    t = krylov.tridiagonal(run["alphas"], run["betas"], steps).numpy()
+    assert steps == 30 and int(run["breakdowns"]) == 0
     np.testing.assert_allclose(q.T @ q, np.eye(30), atol=1e-12)
     np.testing.assert_allclose(q @ t @ q.T, a, atol=1e-10)
-    values, residuals, vectors = krylov.ritz(run, 3)
+    values, vectors = run["values"], run["vectors"]
     np.testing.assert_allclose(values.numpy(), np.sort(spectrum)[::-1][:3], rtol=1e-10)
     for i in range(3):
         u = vectors.numpy()[:, i]
@@ -54,16 +57,14 @@ def test_tolerance_stops_early_and_the_residual_bounds_the_error():
     a, _ = _sym(200, spectrum, seed=3)
     start = tf.constant(np.random.default_rng(4).standard_normal(200))
     run = _compiled(a, 60, tol=1e-6)(start)
-    steps = int(run.steps)
-    values, residuals, _ = krylov.ritz(run, 1)
-    theta, res = float(values[0]), float(residuals[0])
+    steps = int(run["steps"])
+    theta, res = float(run["values"][0]), float(run["residuals"][0])
     assert 1 < steps < 60  # stopped by the tolerance, not by the order
     assert res <= 1e-6 * theta
     assert abs(theta - 10.0) <= res + 1e-12
     # One step fewer would not have met the tolerance.
     shorter = _compiled(a, steps - 1)(start)
-    v1, r1, _ = krylov.ritz(shorter, 1)
-    assert float(r1[0]) > 1e-6 * float(v1[0])
+    assert float(shorter["residuals"][0]) > 1e-6 * float(shorter["values"][0])
 
 
 def test_top_k_tolerance_watches_every_pair():
@@ -71,9 +72,9 @@ def test_top_k_tolerance_watches_every_pair():
     a, _ = _sym(100, spectrum, seed=5)
     start = tf.constant(np.random.default_rng(6).standard_normal(100))
     one = _compiled(a, 80, tol=1e-4, k=1)(start)
-    three = _compiled(a, 80, tol=1e-4, k=3)(start)
-    assert int(three.steps) >= int(one.steps)
-    values, residuals, _ = krylov.ritz(three, 3)
+    three = _compiled(a, 80, ritz_k=3, tol=1e-4, k=3)(start)
+    assert int(three["steps"]) >= int(one["steps"])
+    values, residuals = three["values"], three["residuals"]
     assert np.all(residuals.numpy() <= 1e-4 * np.abs(values.numpy()))
     np.testing.assert_allclose(values.numpy(), [10.0, 9.5, 9.0], rtol=1e-4)
 
@@ -81,13 +82,13 @@ def test_top_k_tolerance_watches_every_pair():
 def test_start_on_an_eigenvector_breaks_down_and_restarts():
     a = np.diag(np.r_[np.full(5, 2.0), np.full(5, -1.0)])
     start = tf.constant(np.r_[np.ones(5), np.zeros(5)])
-    run = _compiled(a, 4)(start)
-    assert int(run.breakdowns) >= 1 and int(run.steps) == 4
-    values, _, _ = krylov.ritz(run, 4)
+    run = _compiled(a, 4, ritz_k=4)(start)
+    assert int(run["breakdowns"]) >= 1 and int(run["steps"]) == 4
+    values = run["values"]
     assert values.numpy()[0] == pytest.approx(2.0, abs=1e-12)
     assert values.numpy()[-1] == pytest.approx(-1.0, abs=1e-12)  # found only after the restart
     stopped = _compiled(a, 4, restart=False)(start)
-    assert int(stopped.steps) == 1
+    assert int(stopped["steps"]) == 1
 
 
 def test_hutchinson_loop_in_graph():

@@ -31,9 +31,9 @@ _TINY = float(np.finfo(np.float64).tiny)
 #: `steps` entries are filled. `betas[j]` is the norm of the residual after step
 #: `j` (the off-diagonal `T[j, j+1]` for `j < steps - 1`, the final residual
 #: norm for `j = steps - 1`; 0 at a breakdown). `basis`: a `tf.TensorArray` of
-#: `m` rows `(n,)`, `q_0 .. q_{steps-1}` written (`basis_rows` and `combine` also
-#: take its `stack()`, e.g. to return it from a `tf.function`). `steps`,
-#: `breakdowns`: int32 scalars. `eigh`: with a `tol`, the `_padded_eigh` of the last step's `T` the stopping rule computed
+#: `m` rows `(n,)`, `q_0 .. q_{steps-1}` written (read it with `basis_rows`,
+#: `combine`, `ritz`). `steps`, `breakdowns`: int32 scalars. `eigh`: with a
+#: `tol`, the `_padded_eigh` of the last step's `T` the stopping rule computed
 #: (reused by `ritz`), else `None`.
 LanczosRun = collections.namedtuple("LanczosRun", "alphas betas basis steps breakdowns eigh",
                                     defaults=(None,))
@@ -50,15 +50,9 @@ def _orthogonalise(w, basis, rows):
     return tf.while_loop(lambda i, _: i < 2 * rows, body, (tf.constant(0), w), parallel_iterations=1)[1]
 
 
-def _row(basis, i):
-    return basis.read(i) if isinstance(basis, tf.TensorArray) else basis[i]
-
-
 def basis_rows(run):
     """The filled basis of a `LanczosRun` as one `(steps, n)` tensor (a copy)."""
-    if isinstance(run.basis, tf.TensorArray):
-        return run.basis.gather(tf.range(run.steps))
-    return run.basis[: run.steps]
+    return run.basis.gather(tf.range(run.steps))
 
 
 def combine(run, coefficients):
@@ -67,7 +61,7 @@ def combine(run, coefficients):
     coefficients = tf.convert_to_tensor(coefficients, tf.float64)
 
     def term(i):
-        return _row(run.basis, i)[:, None] * coefficients[i][None, :]
+        return run.basis.read(i)[:, None] * coefficients[i][None, :]
 
     def body(i, total):
         return i + 1, total + term(i)

@@ -19,6 +19,7 @@ from keras_dynloss import _checks as val
 from keras_dynloss import _compat
 from keras_dynloss.curvature import flat as flat_lib
 from keras_dynloss.curvature import hessian
+from keras_dynloss.curvature import ntk as ntk_lib
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -119,21 +120,6 @@ def micro_batched_ntk_fn(flat, batch_size, *, trace_outputs=True, training=False
             blocks = _over_sub_batches(n, batch_size, jvp, blocks)
             return tf.reshape(blocks.stack(), [-1, num_outputs]) if even else blocks.concat()
 
-        if trace_outputs:
-
-            def matvec(u):
-                def body(c, total):
-                    cot = u[:, None] * tf.one_hot(c, num_outputs, dtype=u.dtype)[None, :]
-                    return c + 1, total + gram(cot)[:, c]
-
-                return tf.while_loop(lambda c, _: c < num_outputs, body, (tf.constant(0), tf.zeros_like(u)),
-                                     parallel_iterations=1)[1]
-
-        else:
-
-            def matvec(u):
-                return tf.reshape(gram(tf.reshape(u, [-1, num_outputs])), [-1])
-
-        return matvec
+        return ntk_lib.gram_matvec(gram, trace_outputs, num_outputs)
 
     return linearize

@@ -75,27 +75,34 @@ def ntk_linearized_fn(flat, *, trace_outputs=True, training=False, num_outputs, 
                     parts.append(t2.gradient(w_r, cot_r, output_gradients=w, unconnected_gradients=_ZERO))
             return tf.concat(parts, 0)
 
-        if trace_outputs:
+        return gram_matvec(gram, trace_outputs, num_outputs)
 
-            def matvec(u):
-                def body(c, total):
-                    cot = u[:, None] * tf.one_hot(c, num_outputs, dtype=u.dtype)[None, :]
-                    return c + 1, total + tf.cast(gram(cot)[:, c], u.dtype)
+    return linearize
 
-                _, total = tf.while_loop(
-                    lambda c, _: c < num_outputs, body, (tf.constant(0), tf.zeros_like(u)),
-                    parallel_iterations=1,  # one pair in memory at a time
-                )
-                return total
 
-        else:
+def gram_matvec(gram, trace_outputs, num_outputs):
+    """`u -> Theta u` from `gram(cot) = J J^T cot` (`cot` of shape `(N, K)`).
 
-            def matvec(u):
-                return tf.cast(tf.reshape(gram(tf.reshape(u, [-1, num_outputs])), [-1]), u.dtype)
+    Traced: `sum_c J_c J_c^T u`, one `gram` per channel `c` (cotangent
+    `u e_c^T`, column `c` kept) in a `tf.while_loop`, one pair in memory at a
+    time. Full: one `gram` of `u` reshaped to `(N, K)`, flattened back.
+    """
+    if trace_outputs:
+
+        def matvec(u):
+            def body(c, total):
+                cot = u[:, None] * tf.one_hot(c, num_outputs, dtype=u.dtype)[None, :]
+                return c + 1, total + tf.cast(gram(cot)[:, c], u.dtype)
+
+            _, total = tf.while_loop(
+                lambda c, _: c < num_outputs, body, (tf.constant(0), tf.zeros_like(u)),
+                parallel_iterations=1,  # one pair in memory at a time
+            )
+            return total
 
         return matvec
 
-    return linearize
+    return lambda u: tf.cast(tf.reshape(gram(tf.reshape(u, [-1, num_outputs])), [-1]), u.dtype)
 
 
 def ntk_matvec_fn(flat, *, trace_outputs=True, training=False, num_outputs, devices=None):
