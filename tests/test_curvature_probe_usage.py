@@ -2,6 +2,7 @@
 precision, CSV streaming. References are dense Hessians built independently."""
 
 import csv
+import warnings
 
 import keras
 import numpy as np
@@ -154,3 +155,59 @@ def test_csv_and_history_keep_columns_aligned_when_a_key_appears(tmp_path):
         np.testing.assert_array_equal(table["step"], [0, 1, 2])
         np.testing.assert_array_equal(table["a"], [1.0, 2.0, np.nan])
         np.testing.assert_array_equal(table["b"], [np.nan, 5.0, 6.0])
+
+
+def _conv_model(seed=0):
+    """A tiny CNN whose convolution sits in a nested Sequential."""
+    keras.utils.set_random_seed(seed)
+    features = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3, activation="tanh")])
+    inputs = keras.Input((4, 4, 1))
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(features(inputs))))
+
+
+_ON_CPU = not tf.config.list_logical_devices("GPU") and not tf.config.list_logical_devices("TPU")
+
+
+@pytest.mark.skipif(not _ON_CPU, reason="the warning is for CPU-only machines")
+def test_xla_probe_of_a_cnn_on_cpu_warns_and_stays_exact():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 4, 4, 1)).astype("float32"), rng.integers(0, 3, 6)
+    model = _conv_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    probe = CurvatureProbe((x, y), lanczos_order=_size(model), tol=None, warm_start=False, eos_ratio=False,
+                           jit_compile=True)
+    with pytest.warns(RuntimeWarning, match=r"jit_compile=True.*convolutions.*jax-ml/jax#12868"):
+        values = probe.probe(model)
+    assert values["hessian_max_eig"] == pytest.approx(_lambda_max(model, LOSS, x, y), rel=1e-4)
+
+
+def test_no_xla_warning_without_convolutions_or_without_xla(recwarn):
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    CurvatureProbe((x, y), lanczos_order=4, eos_ratio=False, jit_compile=True).probe(model)
+    cnn = _conv_model()
+    cnn.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    rng = np.random.default_rng(0)
+    xc, yc = rng.standard_normal((6, 4, 4, 1)).astype("float32"), rng.integers(0, 3, 6)
+    CurvatureProbe((xc, yc), lanczos_order=4, eos_ratio=False).probe(cnn)
+    assert not [w for w in recwarn if "12868" in str(w.message)]
+
+
+@pytest.mark.skipif(not _ON_CPU, reason="the warning is for CPU-only machines")
+def test_in_step_probe_in_a_jit_compiled_cnn_step_on_cpu_warns():
+    from keras_dynloss.curvature import InStepProbe
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 4, 4, 1)).astype("float32"), rng.integers(0, 3, 6)
+    model = _conv_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, jit_compile=True)
+    in_step = InStepProbe(CurvatureProbe((x, y), every_n_steps=5, eos_ratio=False), capacity=4)
+    with pytest.warns(RuntimeWarning, match=r"jit-compiled training step.*jax-ml/jax#12868"):
+        in_step.build(model)
+    plain = _conv_model()
+    plain.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, jit_compile=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        InStepProbe(CurvatureProbe((x, y), every_n_steps=5, eos_ratio=False), capacity=4).build(plain)
+    assert not [w for w in seen if "12868" in str(w.message)]

@@ -11,6 +11,7 @@ logged values.
 import warnings
 
 import keras
+import tensorflow as tf
 
 from keras_dynloss import _checks as val
 from keras_dynloss.curvature import _probe
@@ -19,6 +20,38 @@ from keras_dynloss.curvature import distributed
 from keras_dynloss.curvature import eos as eos_lib
 
 EOS_RATIO = "eos_ratio"
+
+_CONVOLUTIONS = (
+    keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose, keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D, keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+)
+
+
+def _has_convolution(layer):
+    if isinstance(layer, _CONVOLUTIONS):
+        return True
+    return any(_has_convolution(sub) for sub in getattr(layer, "layers", []))
+
+
+def xla_cpu_convolution_warning(model, what):
+    """The warning for an XLA-compiled probe of a convolutional model on a
+    machine with no GPU or TPU, else `None`.
+
+    XLA's CPU backend runs a convolution inside a loop body far slower than
+    the same convolution outside one (jax-ml/jax#12868, open upstream): on
+    the CNN of `bench/curvature_scale.py`, 3 Hessian products in a compiled
+    `tf.while_loop` take 41.8-48.8 s with XLA against 1.24-1.25 s without
+    (`bench/xla_cpu_conv_loop.py`). A probe's Lanczos is such a loop.
+    """
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return None
+    if not _has_convolution(model):
+        return None
+    return (f"CurvatureProbe: {what} compiles the probe with XLA on a CPU-only machine, and the model has "
+            "convolutions. XLA's CPU backend runs convolutions inside a loop (the probe's Lanczos) tens of times "
+            "slower than outside one (jax-ml/jax#12868): on CPU, probe this model without XLA "
+            "(CurvatureProbe(jit_compile=False) as a callback, or a training step without jit_compile).")
 
 
 def _same(a, b):
@@ -112,6 +145,9 @@ class ProbeSetup:
             raise val.invalid("jit_compile", "False under a MirroredStrategy (one XLA cluster cannot span "
                               "several devices)", self.jit_compile)
         config["jit_compile"] = self.jit_compile
+        message = self.jit_compile and xla_cpu_convolution_warning(self.model, "jit_compile=True")
+        if message:
+            self._warn_once("xla-cpu-convolution", message)
         self._graph = _probe.ProbeGraph(self.model, self._probe_loss(loss), config, x)
         self._starts = self._graph.initial_starts()
         self._eos_kind = kind

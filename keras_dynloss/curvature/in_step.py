@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dynloss import _checks as val
+from keras_dynloss.curvature import _probe_setup
 from keras_dynloss.curvature.callback import CurvatureProbe
 
 
@@ -60,6 +61,10 @@ class InStepProbe(keras.callbacks.Callback):
     def build(self, model):
         """Builds the probe graph for `model` and the buffers; call before `fit`."""
         graph = self.probe.build_for(model)
+        message = getattr(model, "jit_compile", False) and _probe_setup.xla_cpu_convolution_warning(
+            model, "the model's jit-compiled training step")
+        if message:
+            self.probe._warn_once("xla-cpu-convolution", message)
         if graph is self._graph:
             return
         self._graph = graph
