@@ -112,7 +112,7 @@ class ProbeGraph:
         for name in self.names:
             k = self.ks[name]
             out[name] = {"values": summary[i:i + k], "residuals": summary[i + k:i + 2 * k],
-                         "steps": int(summary[i + 2 * k]), "breakdowns": int(summary[i + 2 * k + 1])}
+                         "steps": float(summary[i + 2 * k]), "breakdowns": int(summary[i + 2 * k + 1])}
             i += 2 * k + 2
         if self.config["trace_samples"]:
             out["trace"] = summary[i:]
@@ -134,7 +134,7 @@ class ProbeGraph:
         for name in self.names:
             item = out[name]
             summary += [item["values"], item["residuals"],
-                        tf.cast(tf.stack([item["steps"], item["breakdowns"]]), tf.float64)]
+                        tf.stack([tf.cast(item["steps"], tf.float64), tf.cast(item["breakdowns"], tf.float64)])]
         if "trace" in out:
             summary.append(out["trace"])
         return tf.concat(summary, 0), tf.concat([out[name]["next"] for name in self.names], 0)
@@ -149,19 +149,24 @@ class ProbeGraph:
                 return self.config["replicas"].matvec(flat, linearized, x, y, sw)
             return _in_float64(linearized(flat.read(), x, y, sw), flat.dtype)
 
-    def _lanczos(self, mv, start, seed, k, order):
+    def _lanczos(self, mv, start, seed, k, order, gram_norm=None):
         size = tf.shape(start)[0]
         order = min(order, int(start.shape[0]))
         noise = tf.random.stateless_normal(tf.reshape(size, [1]), seed=seed, dtype=tf.float64)
         noise = noise / tf.norm(noise)
         norm = tf.norm(start)
         v0 = tf.where(norm > 0, start / tf.maximum(norm, 1e-300) + self.config["noise"] * noise, noise)
-        run = krylov.lanczos_loop(mv, v0, order, tol=self.config["tol"], k=k, seed=seed)
+        if self.config["tol"] is None or k != 1:
+            gram_norm = None
+        run = krylov.lanczos_loop(mv, v0, order, tol=self.config["tol"], k=k, seed=seed, gram_norm=gram_norm)
         values, residuals, vectors = krylov.ritz(run, k)
+        products = tf.cast(run.steps, tf.float64)  # + 1/2 for the Gram pair's backward passes
+        if gram_norm is not None:
+            products += 0.5 * tf.cast(run.gram[0], tf.float64)
         return {
             "values": values,
             "residuals": residuals,
-            "steps": run.steps,
+            "steps": products,
             "breakdowns": run.breakdowns,
             "next": tf.reduce_sum(vectors, axis=1),
         }
@@ -185,7 +190,7 @@ class ProbeGraph:
 
             def undefined():  # no update yet: P is not defined
                 nan = tf.constant(float("nan"), tf.float64)
-                return {"values": tf.fill([1], nan), "residuals": tf.fill([1], nan), "steps": tf.constant(0),
+                return {"values": tf.fill([1], nan), "residuals": tf.fill([1], nan), "steps": tf.constant(0.0, tf.float64),
                         "breakdowns": tf.constant(0), "next": starts["eos"]}
 
             out["eos"] = tf.cond(tf.convert_to_tensor(opt.iterations) > 0, preconditioned, undefined)
@@ -197,8 +202,12 @@ class ProbeGraph:
             done = [out["layer/" + name]["values"]]
         if cfg["ntk"]:
             with tf.control_dependencies(done):
-                ntk_mv = _in_float64(self.ntk_linearized(self.flat.read(), x), self.flat.dtype)
-            out["ntk"] = self._lanczos(ntk_mv, starts["ntk"], seeds[4], 1, cfg["ntk_order"])
+                linearized = self.ntk_linearized(self.flat.read(), x)
+            ntk_mv = _in_float64(linearized, self.flat.dtype)
+            def gram_norm(q):  # Theta = M M^T: the Gram pair (krylov.lanczos_loop)
+                return linearized.gram_norm(tf.cast(q, self.flat.dtype))
+
+            out["ntk"] = self._lanczos(ntk_mv, starts["ntk"], seeds[4], 1, cfg["ntk_order"], gram_norm=gram_norm)
         return out
 
 

@@ -73,5 +73,6 @@ def float_values(out, *, prefix, top_k, layer_names, trace, ntk, eos):
     if ntk:
         values["ntk_max_eig"] = float(np.asarray(out["ntk"]["values"])[0])
         values["ntk_max_eig_residual"] = float(np.asarray(out["ntk"]["residuals"])[0])
-        values["ntk_matvecs"] = int(np.asarray(out["ntk"]["steps"]))
+        products = float(np.asarray(out["ntk"]["steps"]))  # 2.5: 2 products and the Gram pair's half
+        values["ntk_matvecs"] = int(products) if products.is_integer() else products
     return values

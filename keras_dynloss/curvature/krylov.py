@@ -1,5 +1,8 @@
 """The one Lanczos and the one Hutchinson: TensorFlow loops on a matvec.
 
+For a Gram operator `A = M M^T` (the NTK) it can stop on the Gram pair
+(`gram_norm=`, `gram_ritz`): half a product more, one polynomial degree on.
+
 Both take only a product `matvec: v -> A v` on float64 tensors of shape `(n,)`
 (any TensorFlow-traceable function, or eager code) and run as a
 `tf.while_loop`: inside a `tf.function` (the `CurvatureProbe`) the graph holds
@@ -23,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dynloss import _compat
+from keras_dynloss.curvature import gram_ritz
 
 _EPS = float(np.finfo(np.float64).eps)
 _TINY = float(np.finfo(np.float64).tiny)
@@ -35,8 +39,12 @@ _TINY = float(np.finfo(np.float64).tiny)
 #: `combine`, `ritz`). `steps`, `breakdowns`: int32 scalars. `eigh`: with a
 #: `tol`, the `_padded_eigh` of the last step's `T` the stopping rule computed
 #: (reused by `ritz`), else `None`.
-LanczosRun = collections.namedtuple("LanczosRun", "alphas betas basis steps breakdowns eigh",
-                                    defaults=(None,))
+#: `gram`: with `gram_norm`, `(stopped, value, residual, coefficients (m,))`:
+#: whether the run stopped on the Gram pair (see `lanczos_loop`), that pair's
+#: value and relative residual, and its vector's coefficients on rows
+#: `0 .. steps` (one more row than `steps`); else `None`.
+LanczosRun = collections.namedtuple("LanczosRun", "alphas betas basis steps breakdowns eigh gram",
+                                    defaults=(None, None))
 
 
 def _orthogonalise(w, basis, rows):
@@ -55,10 +63,12 @@ def basis_rows(run):
     return run.basis.gather(tf.range(run.steps))
 
 
-def combine(run, coefficients):
-    """`sum_i coefficients[i] q_i` over the filled rows: `(n, k)` for
-    `coefficients` of shape `(m, k)`, accumulated row by row (no basis copy)."""
+def combine(run, coefficients, rows=None):
+    """`sum_i coefficients[i] q_i` over the filled rows (or the first `rows`):
+    `(n, k)` for `coefficients` of shape `(m, k)`, accumulated row by row (no
+    basis copy)."""
     coefficients = tf.convert_to_tensor(coefficients, tf.float64)
+    rows = run.steps if rows is None else rows
 
     def term(i):
         return run.basis.read(i)[:, None] * coefficients[i][None, :]
@@ -66,7 +76,7 @@ def combine(run, coefficients):
     def body(i, total):
         return i + 1, total + term(i)
 
-    return tf.while_loop(lambda i, _: i < run.steps, body, (tf.constant(1), term(0)), parallel_iterations=1)[1]
+    return tf.while_loop(lambda i, _: i < rows, body, (tf.constant(1), term(0)), parallel_iterations=1)[1]
 
 
 def tridiagonal(alphas, betas, steps):
@@ -125,6 +135,20 @@ def ritz(run, k=1):
         residual `||A u - theta u|| = beta_last |s_last|` for unit `u` costs no
         product. With fewer than `k` steps the missing entries are NaN / zero.
     """
+    if run.gram is not None:
+        if k != 1:
+            raise ValueError(f"ritz: a run with `gram_norm` has one pair; received k={k}")
+        return tf.cond(run.gram[0], lambda: _gram_ritz(run), lambda: _tridiagonal_ritz(run, 1))
+    return _tridiagonal_ritz(run, k)
+
+
+def _gram_ritz(run):
+    _, value, residual, coefficients = run.gram
+    vector = combine(run, coefficients[:, None], rows=run.steps + 1)
+    return value[None], (residual * tf.abs(value))[None], vector
+
+
+def _tridiagonal_ritz(run, k):
     m = run.alphas.shape[0]
     theta, s = run.eigh if run.eigh is not None else _padded_eigh(run.alphas, run.betas, run.steps)
     if k > m:  # more pairs asked than the basis holds: NaN beyond
@@ -139,7 +163,7 @@ def ritz(run, k=1):
     return values, residuals, vectors
 
 
-def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=True, seed=0):
+def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=True, seed=0, gram_norm=None):
     """Runs up to `order` Lanczos steps of `matvec` from `start`.
 
     Builds `Q = [q_0 .. q_{m-1}]` and `T = Q^T A Q` tridiagonal with
@@ -160,6 +184,9 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         min_steps: never stop before this many steps.
         restart: continue after a breakdown (else stop there).
         seed: int seed of the restart vectors.
+        gram_norm: for a Gram operator `A = M M^T` (with `tol`, `k = 1`):
+            `q -> ||M^T q||^2` (half a product); the run may stop on the Gram
+            pair (`gram_ritz.attempt`, `run.gram`), which `ritz` then returns.
 
     Returns:
         A `LanczosRun`.
@@ -169,7 +196,11 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
     size = tf.cast(n, tf.float64)
     seed = tf.cast(tf.reshape(seed, [-1])[:1], tf.int64)
     q0 = start / tf.norm(start)
-    basis0 = tf.TensorArray(tf.float64, size=order, element_shape=start.shape, clear_after_read=False)
+    gram = gram_norm is not None
+    if gram and (tol is None or k != 1):
+        raise ValueError(f"lanczos_loop: `gram_norm` needs a `tol` and k=1; received tol={tol}, k={k}")
+    # With `gram_norm` one more row: the Gram pair's vector uses q_{j+1}.
+    basis0 = tf.TensorArray(tf.float64, size=order + gram, element_shape=start.shape, clear_after_read=False)
     zeros = tf.zeros([order], tf.float64)
     watch = tol is not None
     tol = tf.constant(0.0 if tol is None else tol, tf.float64)
@@ -181,7 +212,10 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         ok = res <= tol * tf.maximum(tf.abs(theta[:k]), _TINY)
         return tf.reduce_all(tf.logical_or(ok, tf.logical_not(watched))), (theta, s)
 
-    def body(j, q, q_prev, beta_prev, basis, alphas, betas, breaks, done, eigh):
+    def no_gram():
+        return tf.constant(False), tf.constant(np.nan, tf.float64), tf.constant(np.nan, tf.float64), zeros
+
+    def body(j, q, q_prev, beta_prev, basis, alphas, betas, breaks, done, eigh, gram_state):
         basis = basis.write(j, q)
         w = tf.cast(matvec(q), tf.float64)
         alpha = tf.tensordot(q, w, 1)
@@ -209,19 +243,27 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         if watch:  # every step, so that `ritz` reuses the last one
             ok, eigh = converged(alphas, betas, j)
             stop = tf.logical_or(stop, tf.logical_and(j + 1 >= min_steps, tf.logical_and(ok, tf.logical_not(last))))
+        if gram:
+            attempt = tf.logical_not(tf.reduce_any([ok, last, broke, j + 1 < min_steps]))
+            ritz_residual = tf.abs(betas[j] * eigh[1][j, 0]) / tf.maximum(tf.abs(eigh[0][0]), _TINY)
+            gram_state = tf.cond(attempt, lambda: gram_ritz.attempt(alphas, betas, j, eigh[1][:, 0], q_next,
+                                                                    ritz_residual, gram_norm, tol), no_gram)
+            stop = tf.logical_or(stop, gram_state[0])
         breaks = breaks + tf.cast(restarting, tf.int32)
-        return j + 1, q_next, q, beta, basis, alphas, betas, breaks, stop, eigh
+        return j + 1, q_next, q, beta, basis, alphas, betas, breaks, stop, eigh, gram_state
 
     m = order if watch else 1  # no decomposition carried without a tolerance
     eigh0 = (tf.zeros([m], tf.float64), tf.zeros([m, m], tf.float64))
     state = (tf.constant(0), q0, tf.zeros_like(q0), tf.constant(0.0, tf.float64), basis0, zeros, zeros,
-             tf.constant(0), tf.constant(False), eigh0)
-    j, _, _, _, basis, alphas, betas, breaks, _, eigh = tf.while_loop(
-        lambda j, *rest: tf.logical_and(j < order, tf.logical_not(rest[-2])), body, state,
+             tf.constant(0), tf.constant(False), eigh0, no_gram())
+    j, q, _, _, basis, alphas, betas, breaks, _, eigh, gram_state = tf.while_loop(
+        lambda j, *rest: tf.logical_and(j < order, tf.logical_not(rest[-3])), body, state,
         parallel_iterations=1,
     )
+    if gram:  # row `steps` holds q_{steps} for the Gram pair's vector (size order + 1)
+        basis = basis.write(j, q)
     return LanczosRun(alphas=alphas, betas=betas, basis=basis, steps=j, breakdowns=breaks,
-                      eigh=eigh if watch else None)
+                      eigh=eigh if watch else None, gram=gram_state if gram else None)
 
 
 def probe_vectors(n, seed, distribution="rademacher"):

@@ -94,15 +94,18 @@ def micro_batched_ntk_fn(flat, batch_size, *, trace_outputs=True, training=False
         def outputs(xs):
             return flat_lib.flat_outputs(flat_lib.model_outputs(flat, theta, xs, training=training))
 
-        def gram(cot):  # J J^T cot, cot (N, K)
-            def vjp(start, total):
+        def vjp(cot):  # J^T cot = sum_r J_r^T cot_r
+            def term(start, total):
                 with tf.GradientTape() as tape:
                     tape.watch(theta)
                     out = outputs(rows(x, start))
                 cot_r = tf.cast(rows(cot, start), out.dtype)
                 return total + tape.gradient(out, theta, output_gradients=cot_r, unconnected_gradients=_ZERO)
 
-            w = _over_sub_batches(n, batch_size, vjp, tf.zeros_like(theta))
+            return _over_sub_batches(n, batch_size, term, tf.zeros_like(theta))
+
+        def gram(cot):  # J J^T cot, cot (N, K)
+            w = vjp(cot)
 
             def jvp(start, blocks):
                 with tf.GradientTape() as tape:
@@ -120,6 +123,6 @@ def micro_batched_ntk_fn(flat, batch_size, *, trace_outputs=True, training=False
             blocks = _over_sub_batches(n, batch_size, jvp, blocks)
             return tf.reshape(blocks.stack(), [-1, num_outputs]) if even else blocks.concat()
 
-        return ntk_lib.gram_matvec(gram, trace_outputs, num_outputs)
+        return ntk_lib.gram_matvec(gram, trace_outputs, num_outputs, vjp=vjp)
 
     return linearize

@@ -75,19 +75,40 @@ def ntk_linearized_fn(flat, *, trace_outputs=True, training=False, num_outputs, 
                     parts.append(t2.gradient(w_r, cot_r, output_gradients=w, unconnected_gradients=_ZERO))
             return tf.concat(parts, 0)
 
-        return gram_matvec(gram, trace_outputs, num_outputs)
+        def vjp(cot):  # J^T cot, no transpose recorded
+            terms = []
+            for device, (start, size, tape, out) in zip(placements, shards):
+                with distributed.on_device(device):
+                    cot_r = tf.cast(cot[start:start + size], out.dtype)
+                    terms.append(tape.gradient(out, theta, output_gradients=cot_r, unconnected_gradients=_ZERO))
+            return tf.add_n(terms)
+
+        return gram_matvec(gram, trace_outputs, num_outputs, vjp=vjp)
 
     return linearize
 
 
-def gram_matvec(gram, trace_outputs, num_outputs):
+def gram_matvec(gram, trace_outputs, num_outputs, vjp=None):
     """`u -> Theta u` from `gram(cot) = J J^T cot` (`cot` of shape `(N, K)`).
 
     Traced: `sum_c J_c J_c^T u`, one `gram` per channel `c` (cotangent
     `u e_c^T`, column `c` kept) in a `tf.while_loop`, one pair in memory at a
     time. Full: one `gram` of `u` reshaped to `(N, K)`, flattened back.
+
+    With `vjp(cot) = J^T cot` the matvec carries `matvec.gram_norm`:
+    `u -> u^T Theta u = ||M^T u||^2` from the backward passes alone (traced:
+    `sum_c ||J_c^T u||^2`; full: `||J^T u||^2`), for `krylov.lanczos_loop`'s
+    Gram pair.
     """
     if trace_outputs:
+
+        def norm(u):
+            def body(c, total):
+                cot = u[:, None] * tf.one_hot(c, num_outputs, dtype=u.dtype)[None, :]
+                return c + 1, total + tf.reduce_sum(tf.square(tf.cast(vjp(cot), tf.float64)))
+
+            return tf.while_loop(lambda c, _: c < num_outputs, body, (tf.constant(0), tf.zeros([], tf.float64)),
+                                 parallel_iterations=1)[1]
 
         def matvec(u):
             def body(c, total):
@@ -100,9 +121,17 @@ def gram_matvec(gram, trace_outputs, num_outputs):
             )
             return total
 
-        return matvec
+    else:
 
-    return lambda u: tf.cast(tf.reshape(gram(tf.reshape(u, [-1, num_outputs])), [-1]), u.dtype)
+        def norm(u):
+            return tf.reduce_sum(tf.square(tf.cast(vjp(tf.reshape(u, [-1, num_outputs])), tf.float64)))
+
+        def matvec(u):
+            return tf.cast(tf.reshape(gram(tf.reshape(u, [-1, num_outputs])), [-1]), u.dtype)
+
+    if vjp is not None:
+        matvec.gram_norm = norm
+    return matvec
 
 
 def ntk_matvec_fn(flat, *, trace_outputs=True, training=False, num_outputs, devices=None):
