@@ -137,10 +137,12 @@ def test_gram_pair_residual_formula_at_every_step(j):
     alphas, betas = run.alphas.numpy(), run.betas.numpy()
     rows = krylov.basis_rows(run).numpy()
     t = krylov.tridiagonal(alphas, betas, j + 1).numpy()
-    top = np.zeros(6)
-    top[:j + 1] = np.linalg.eigh(t)[1][:, -1]
+    # T_j's eigenpairs, descending, padded to (6, 6) as the stopping rule pads them.
+    lam, vec = np.linalg.eigh(t)
+    values, s = np.full(6, -1.0), np.eye(6)
+    values[:j + 1], s[:j + 1, :j + 1] = lam[::-1], vec[:, ::-1]
     theta, coefficients, known, last = (v.numpy() for v in gram_ritz.gram_pair(
-        run.alphas, run.betas, tf.constant(j), tf.constant(top)))
+        run.alphas, run.betas, tf.constant(j), (tf.constant(values), tf.constant(s))))
     value, residual, u = _dense_gram_pair(m, rows[:j + 1])
     assert theta == pytest.approx(value, rel=1e-10)
     # alpha_{j+1} = ||M^T q_{j+1}||^2, the half product the loop would run.

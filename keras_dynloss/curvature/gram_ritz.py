@@ -24,7 +24,7 @@ On the CNN of `bench/curvature_scale.py` (traced NTK, warm-started probes
 the Gram pair's after 2.5 is 3.5e-5 to 3.0e-4 (Ritz after 3: 2e-6 to 1.7e-5).
 
 All matrices are padded to the static `(m, m)` shape (rows past `j + 1` are
-decoupled: identity in `G`, zero in `H`, so their eigenvalues are 0).
+masked out).
 """
 
 import numpy as np
@@ -34,53 +34,59 @@ _POWER_STEPS = 40
 _TINY = float(np.finfo(np.float64).tiny)
 
 
-def gram_pair(alphas, betas, j, start):
+def gram_pair(alphas, betas, j, eigh):
     """The top Gram pair after step `j` (0-based: rows `0 .. j` filled).
+
+    With `T_j = S L S^T` (the stopping rule's decomposition) and
+    `c = S L^-1/2 z`, `H c = theta G c` becomes `(L + beta_j^2 w w^T) z = theta z`,
+    `w = L^-1/2 S^T e_j`: a diagonal plus rank one, solved by power iteration
+    (no dense solve or second `eigh`; cheap to compile under XLA).
 
     Args:
         alphas, betas: `(m,)` Lanczos coefficients (`betas[j]` the last
             residual norm); needs `j + 1 < m`.
         j: int32 scalar.
-        start: `(m,)` start of the power iteration on `G^-1 H` (the top Ritz
-            vector of `T`).
+        eigh: `(theta (m,), s (m, m))` of the padded `T` (`krylov._padded_eigh`:
+            descending, the `j + 1` pairs of `T_j` first).
 
     Returns:
-        `(theta, coefficients, d_known, d_last)`: the value, `Tbar_j c` (the
-        sample-space vector's coefficients on rows `0 .. j+1`, unnormalised),
-        and `residual2(alpha_next) = d_known + alpha_next * d_last` (the
-        squared residual norm, linear in `alpha_{j+1}`).
+        `(theta, coefficients, d_known, d_last)`: the value (NaN unless `T_j`
+        is positive definite), `Tbar_j c` (the sample-space vector's
+        coefficients on rows `0 .. j+1`, unnormalised), and
+        `residual2(alpha_next) = d_known + alpha_next * d_last` (the squared
+        residual norm, linear in `alpha_{j+1}`).
     """
+    values, s = eigh
     m = alphas.shape[0]
     idx = tf.range(m)
     live = idx <= j
-    t0 = (tf.linalg.diag(tf.where(live, alphas, 0.0))
-          + tf.linalg.diag(tf.where(idx[:-1] < j, betas[:-1], 0.0), k=1)
-          + tf.linalg.diag(tf.where(idx[:-1] < j, betas[:-1], 0.0), k=-1))
-    g = t0 + tf.linalg.diag(tf.cast(tf.logical_not(live), tf.float64))
-    e_j = tf.cast(tf.equal(idx, j), tf.float64)
+    definite = tf.reduce_all(tf.logical_or(tf.logical_not(live), values > 0))
+    lam = tf.where(live, values, 1.0)
     beta = betas[j]
-    h = tf.matmul(t0, t0) + beta**2 * e_j[:, None] * e_j[None, :]
+    w = tf.where(live, s[j] / tf.sqrt(tf.abs(lam)), 0.0)
+    lam = tf.where(live, lam, 0.0)
 
-    def power(_, c):
-        c = tf.linalg.solve(g, tf.linalg.matvec(h, c)[:, None])[:, 0]
-        return _ + 1, c / tf.maximum(tf.norm(c), 1e-300)
+    def power(i, z):
+        z = lam * z + beta**2 * w * tf.tensordot(w, z, 1)
+        return i + 1, z / tf.maximum(tf.norm(z), _TINY)
 
-    c = tf.where(live, start, 0.0)
-    c = tf.while_loop(lambda i, _: i < _POWER_STEPS, power, (0, c), parallel_iterations=1)[1]
-    gc = tf.linalg.matvec(g, c)
-    c = c / tf.sqrt(tf.maximum(tf.tensordot(c, gc, 1), 1e-300))
-    theta = tf.tensordot(c, tf.linalg.matvec(h, c), 1)
+    z = tf.while_loop(lambda i, _: i < _POWER_STEPS, power, (0, tf.one_hot(0, m, dtype=tf.float64)),
+                      parallel_iterations=1)[1]
+    theta = tf.tensordot(z, lam * z, 1) + (beta * tf.tensordot(w, z, 1)) ** 2
+    theta = tf.where(definite, theta, np.nan)
+    c = tf.linalg.matvec(s, tf.where(live, z / tf.sqrt(tf.abs(tf.where(live, values, 1.0))), 0.0))  # c^T T c = 1
+    off = tf.where(idx[:-1] < j, betas[:-1], 0.0)
+    t0 = (tf.linalg.diag(tf.where(live, alphas, 0.0)) + tf.linalg.diag(off, k=1) + tf.linalg.diag(off, k=-1))
     e_next = tf.cast(tf.equal(idx, j + 1), tf.float64)
     tbar_c = tf.linalg.matvec(t0, c) + beta * c[j] * e_next  # Tbar c on rows 0 .. j+1
     d = tbar_c - theta * c
     # T_{j+1} without its last diagonal entry: rows 0 .. j+1, coupling beta_j.
-    known = (tf.linalg.diag(tf.where(live, alphas, 0.0))
-             + tf.linalg.diag(tf.where(idx[:-1] <= j, betas[:-1], 0.0), k=1)
-             + tf.linalg.diag(tf.where(idx[:-1] <= j, betas[:-1], 0.0), k=-1))
+    off = tf.where(idx[:-1] <= j, betas[:-1], 0.0)
+    known = tf.linalg.diag(tf.where(live, alphas, 0.0)) + tf.linalg.diag(off, k=1) + tf.linalg.diag(off, k=-1)
     return theta, tbar_c, tf.tensordot(d, tf.linalg.matvec(known, d), 1), d[j + 1] ** 2
 
 
-def attempt(alphas, betas, j, top, q_next, ritz_residual, gram_norm, tol):
+def attempt(alphas, betas, j, eigh, q_next, ritz_residual, gram_norm, tol):
     """`(passed, value, relative residual, coefficients (m,))` of the Gram pair
     after step `j`; `gram_norm(q_next)` (half a product) runs only when the
     pair is expected to pass: the Ritz pair's relative residual
@@ -89,14 +95,14 @@ def attempt(alphas, betas, j, top, q_next, ritz_residual, gram_norm, tol):
     `alpha_{j+1}` guessed as the smallest `alpha` so far (`q_{j+1}` is
     orthogonal to the top direction; after one step that guess is `theta`
     itself). Otherwise the residual is `inf`."""
-    theta, coefficients, known, last = gram_pair(alphas, betas, j, top)
+    theta, coefficients, known, last = gram_pair(alphas, betas, j, eigh)
     scale = tf.maximum(theta, _TINY)
 
     def half():
         return tf.sqrt(tf.maximum(known + tf.cast(gram_norm(q_next), tf.float64) * last, 0.0)) / scale
 
     guess = tf.reduce_min(tf.where(tf.range(alphas.shape[0]) <= j, alphas, np.inf))
-    hopeful = tf.reduce_all([theta > 0, tf.sqrt(tf.maximum(known + guess * last, 0.0)) <= tol * scale,
+    hopeful = tf.reduce_all([theta > 0,  # False for NaN (T_j not positive definite) tf.sqrt(tf.maximum(known + guess * last, 0.0)) <= tol * scale,
                              ritz_residual <= 10.0 * tol])
     residual = tf.cond(hopeful, half, lambda: tf.constant(np.inf, tf.float64))
     passed = tf.logical_and(hopeful, residual <= tol)

@@ -246,7 +246,7 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         if gram:
             attempt = tf.logical_not(tf.reduce_any([ok, last, broke, j + 1 < min_steps]))
             ritz_residual = tf.abs(betas[j] * eigh[1][j, 0]) / tf.maximum(tf.abs(eigh[0][0]), _TINY)
-            gram_state = tf.cond(attempt, lambda: gram_ritz.attempt(alphas, betas, j, eigh[1][:, 0], q_next,
+            gram_state = tf.cond(attempt, lambda: gram_ritz.attempt(alphas, betas, j, eigh, q_next,
                                                                     ritz_residual, gram_norm, tol), no_gram)
             stop = tf.logical_or(stop, gram_state[0])
         breaks = breaks + tf.cast(restarting, tf.int32)
