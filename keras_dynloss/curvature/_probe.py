@@ -190,8 +190,8 @@ class ProbeGraph:
 
             def undefined():  # no update yet: P is not defined
                 nan = tf.constant(float("nan"), tf.float64)
-                return {"values": tf.fill([1], nan), "residuals": tf.fill([1], nan), "steps": tf.constant(0.0, tf.float64),
-                        "breakdowns": tf.constant(0), "next": starts["eos"]}
+                return {"values": tf.fill([1], nan), "residuals": tf.fill([1], nan),
+                        "steps": tf.constant(0.0, tf.float64), "breakdowns": tf.constant(0), "next": starts["eos"]}
 
             out["eos"] = tf.cond(tf.convert_to_tensor(opt.iterations) > 0, preconditioned, undefined)
             done.append(out["eos"]["values"])
@@ -204,6 +204,7 @@ class ProbeGraph:
             with tf.control_dependencies(done):
                 linearized = self.ntk_linearized(self.flat.read(), x)
             ntk_mv = _in_float64(linearized, self.flat.dtype)
+
             def gram_norm(q):  # Theta = M M^T: the Gram pair (krylov.lanczos_loop)
                 return linearized.gram_norm(tf.cast(q, self.flat.dtype))
 

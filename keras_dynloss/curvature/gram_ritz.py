@@ -34,6 +34,12 @@ _POWER_STEPS = 40
 _TINY = float(np.finfo(np.float64).tiny)
 
 
+def _tridiagonal(alphas, betas, diagonal, off_diagonal):
+    """Static `(m, m)` tridiagonal with the masked-in `alphas` and `betas`."""
+    off = tf.where(off_diagonal, betas[:-1], 0.0)
+    return tf.linalg.diag(tf.where(diagonal, alphas, 0.0)) + tf.linalg.diag(off, k=1) + tf.linalg.diag(off, k=-1)
+
+
 def gram_pair(alphas, betas, j, eigh):
     """The top Gram pair after step `j` (0-based: rows `0 .. j` filled).
 
@@ -61,10 +67,10 @@ def gram_pair(alphas, betas, j, eigh):
     idx = tf.range(m)
     live = idx <= j
     definite = tf.reduce_all(tf.logical_or(tf.logical_not(live), values > 0))
-    lam = tf.where(live, values, 1.0)
+    root = tf.sqrt(tf.abs(tf.where(live, values, 1.0)))  # L^1/2 on the live pairs
+    lam = tf.where(live, values, 0.0)
     beta = betas[j]
-    w = tf.where(live, s[j] / tf.sqrt(tf.abs(lam)), 0.0)
-    lam = tf.where(live, lam, 0.0)
+    w = tf.where(live, s[j] / root, 0.0)
 
     def power(i, z):
         z = lam * z + beta**2 * w * tf.tensordot(w, z, 1)
@@ -74,15 +80,12 @@ def gram_pair(alphas, betas, j, eigh):
                       parallel_iterations=1)[1]
     theta = tf.tensordot(z, lam * z, 1) + (beta * tf.tensordot(w, z, 1)) ** 2
     theta = tf.where(definite, theta, np.nan)
-    c = tf.linalg.matvec(s, tf.where(live, z / tf.sqrt(tf.abs(tf.where(live, values, 1.0))), 0.0))  # c^T T c = 1
-    off = tf.where(idx[:-1] < j, betas[:-1], 0.0)
-    t0 = (tf.linalg.diag(tf.where(live, alphas, 0.0)) + tf.linalg.diag(off, k=1) + tf.linalg.diag(off, k=-1))
+    c = tf.linalg.matvec(s, tf.where(live, z / root, 0.0))  # c^T T_j c = z^T z = 1
     e_next = tf.cast(tf.equal(idx, j + 1), tf.float64)
-    tbar_c = tf.linalg.matvec(t0, c) + beta * c[j] * e_next  # Tbar c on rows 0 .. j+1
+    tbar_c = tf.linalg.matvec(_tridiagonal(alphas, betas, live, idx[:-1] < j), c) + beta * c[j] * e_next
     d = tbar_c - theta * c
-    # T_{j+1} without its last diagonal entry: rows 0 .. j+1, coupling beta_j.
-    off = tf.where(idx[:-1] <= j, betas[:-1], 0.0)
-    known = tf.linalg.diag(tf.where(live, alphas, 0.0)) + tf.linalg.diag(off, k=1) + tf.linalg.diag(off, k=-1)
+    # T_{j+1} without its last diagonal entry (alpha_{j+1}): rows 0 .. j+1.
+    known = _tridiagonal(alphas, betas, live, idx[:-1] <= j)
     return theta, tbar_c, tf.tensordot(d, tf.linalg.matvec(known, d), 1), d[j + 1] ** 2
 
 
@@ -102,7 +105,8 @@ def attempt(alphas, betas, j, eigh, q_next, ritz_residual, gram_norm, tol):
         return tf.sqrt(tf.maximum(known + tf.cast(gram_norm(q_next), tf.float64) * last, 0.0)) / scale
 
     guess = tf.reduce_min(tf.where(tf.range(alphas.shape[0]) <= j, alphas, np.inf))
-    hopeful = tf.reduce_all([theta > 0,  # False for NaN (T_j not positive definite) tf.sqrt(tf.maximum(known + guess * last, 0.0)) <= tol * scale,
+    hopeful = tf.reduce_all([theta > 0,  # False for NaN (T_j not positive definite)
+                             tf.sqrt(tf.maximum(known + guess * last, 0.0)) <= tol * scale,
                              ritz_residual <= 10.0 * tol])
     residual = tf.cond(hopeful, half, lambda: tf.constant(np.inf, tf.float64))
     passed = tf.logical_and(hopeful, residual <= tol)

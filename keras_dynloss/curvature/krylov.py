@@ -208,9 +208,9 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
     def converged(alphas, betas, j):
         theta, s = _padded_eigh(alphas, betas, j + 1)
         watched = tf.range(k) < j + 1
-        res = tf.abs(betas[j] * s[j, :k])
-        ok = res <= tol * tf.maximum(tf.abs(theta[:k]), _TINY)
-        return tf.reduce_all(tf.logical_or(ok, tf.logical_not(watched))), (theta, s)
+        relative = tf.abs(betas[j] * s[j, :k]) / tf.maximum(tf.abs(theta[:k]), _TINY)
+        ok = relative <= tol
+        return tf.reduce_all(tf.logical_or(ok, tf.logical_not(watched))), (theta, s), relative
 
     def no_gram():
         return tf.constant(False), tf.constant(np.nan, tf.float64), tf.constant(np.nan, tf.float64), zeros
@@ -241,13 +241,12 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
             q_next = w / tf.maximum(beta, _TINY)
             stop = broke
         if watch:  # every step, so that `ritz` reuses the last one
-            ok, eigh = converged(alphas, betas, j)
+            ok, eigh, relative = converged(alphas, betas, j)
             stop = tf.logical_or(stop, tf.logical_and(j + 1 >= min_steps, tf.logical_and(ok, tf.logical_not(last))))
         if gram:
             attempt = tf.logical_not(tf.reduce_any([ok, last, broke, j + 1 < min_steps]))
-            ritz_residual = tf.abs(betas[j] * eigh[1][j, 0]) / tf.maximum(tf.abs(eigh[0][0]), _TINY)
-            gram_state = tf.cond(attempt, lambda: gram_ritz.attempt(alphas, betas, j, eigh, q_next,
-                                                                    ritz_residual, gram_norm, tol), no_gram)
+            gram_state = tf.cond(attempt, lambda: gram_ritz.attempt(alphas, betas, j, eigh, q_next, relative[0],
+                                                                    gram_norm, tol), no_gram)
             stop = tf.logical_or(stop, gram_state[0])
         breaks = breaks + tf.cast(restarting, tf.int32)
         return j + 1, q_next, q, beta, basis, alphas, betas, breaks, stop, eigh, gram_state

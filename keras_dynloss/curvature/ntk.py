@@ -102,24 +102,22 @@ def gram_matvec(gram, trace_outputs, num_outputs, vjp=None):
     """
     if trace_outputs:
 
-        def norm(u):
+        def over_channels(u, term, total):
+            """`total + sum_c term(c, u e_c^T)`, one channel at a time (one pair in memory)."""
+
             def body(c, total):
                 cot = u[:, None] * tf.one_hot(c, num_outputs, dtype=u.dtype)[None, :]
-                return c + 1, total + tf.reduce_sum(tf.square(tf.cast(vjp(cot), tf.float64)))
+                return c + 1, total + term(c, cot)
 
-            return tf.while_loop(lambda c, _: c < num_outputs, body, (tf.constant(0), tf.zeros([], tf.float64)),
+            return tf.while_loop(lambda c, _: c < num_outputs, body, (tf.constant(0), total),
                                  parallel_iterations=1)[1]
 
-        def matvec(u):
-            def body(c, total):
-                cot = u[:, None] * tf.one_hot(c, num_outputs, dtype=u.dtype)[None, :]
-                return c + 1, total + tf.cast(gram(cot)[:, c], u.dtype)
+        def norm(u):
+            return over_channels(u, lambda c, cot: tf.reduce_sum(tf.square(tf.cast(vjp(cot), tf.float64))),
+                                 tf.zeros([], tf.float64))
 
-            _, total = tf.while_loop(
-                lambda c, _: c < num_outputs, body, (tf.constant(0), tf.zeros_like(u)),
-                parallel_iterations=1,  # one pair in memory at a time
-            )
-            return total
+        def matvec(u):
+            return over_channels(u, lambda c, cot: tf.cast(gram(cot)[:, c], u.dtype), tf.zeros_like(u))
 
     else:
 
