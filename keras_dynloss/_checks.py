@@ -106,13 +106,28 @@ def check_keras_backend():
     else:
         try:
             import keras
-        except ImportError as error:
-            raise ImportError(_backend_message(f"unknown (importing keras failed: {error})",
-                                               "keras.json")) from error
+        except ImportError as error:  # e.g. Keras's numpy backend imports jax
+            configured = _keras_json_backend()
+            raise ImportError(_backend_message(repr(configured) if configured else "unknown",
+                                               f"keras.json; importing keras failed: {error}")) from error
         backend = keras.config.backend()
         source = "keras.json"
     if backend != "tensorflow":
         raise ImportError(_backend_message(repr(backend), source))
+
+
+def _keras_json_backend():
+    """The `"backend"` of Keras's config file (`$KERAS_HOME` or `~/.keras`), or None."""
+    import json
+    import os
+
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            backend = json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backend if isinstance(backend, str) else None
 
 
 def _backend_message(backend, source):

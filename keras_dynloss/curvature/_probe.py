@@ -19,12 +19,14 @@ top-k Ritz values, their residuals, the products used and the next start.
 
 import tensorflow as tf
 
+from keras_dynloss.curvature import counter_random
 from keras_dynloss.curvature import eos as eos_lib
 from keras_dynloss.curvature import flat as flat_lib
 from keras_dynloss.curvature import hessian
 from keras_dynloss.curvature import krylov
 from keras_dynloss.curvature import micro_batches
 from keras_dynloss.curvature import ntk as ntk_lib
+from keras_dynloss.curvature import trace
 
 
 class ProbeGraph:
@@ -152,7 +154,7 @@ class ProbeGraph:
     def _lanczos(self, mv, start, seed, k, order, gram_norm=None):
         size = tf.shape(start)[0]
         order = min(order, int(start.shape[0]))
-        noise = tf.random.stateless_normal(tf.reshape(size, [1]), seed=seed, dtype=tf.float64)
+        noise = counter_random.uniform(start.shape[0] or size, seed)
         noise = noise / tf.norm(noise)
         norm = tf.norm(start)
         v0 = tf.where(norm > 0, start / tf.maximum(norm, 1e-300) + self.config["noise"] * noise, noise)
@@ -173,13 +175,13 @@ class ProbeGraph:
 
     def _probe(self, x, y, sw, starts, seed):
         cfg = self.config
-        seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(8)]
+        seeds = [counter_random.fold_in(seed, i) for i in range(8)]
         out = {}
         main = self._matvec(self.flat, self.product, x, y, sw)
         out["main"] = self._lanczos(main, starts["main"], seeds[0], cfg["top_k"], cfg["order"])
         done = [out["main"]["values"]]
         if cfg["trace_samples"]:
-            out["trace"] = krylov.hutchinson_loop(main, self.flat.size, cfg["trace_samples"], seeds[2])
+            out["trace"] = trace.hutchinson_loop(main, self.flat.size, cfg["trace_samples"], seeds[2])
             done.append(out["trace"])
         if "eos" in self.sizes:
             opt = eos_lib.unwrap(cfg["eos_optimizer"])
@@ -197,7 +199,7 @@ class ProbeGraph:
             done.append(out["eos"]["values"])
         for i, (name, flat, linearized) in enumerate(self.layers):
             mv = self._matvec(flat, linearized, x, y, sw, after=done)
-            layer_seed = tf.random.experimental.stateless_fold_in(seeds[1], i)
+            layer_seed = counter_random.fold_in(seeds[1], i)
             out["layer/" + name] = self._lanczos(mv, starts["layer/" + name], layer_seed, 1, cfg["order"])
             done = [out["layer/" + name]["values"]]
         if cfg["ntk"]:

@@ -1,9 +1,11 @@
-"""Hutchinson's trace estimator on a matrix-free operator (the `krylov` loop)."""
+"""Hutchinson's trace estimator on a matrix-free operator: the one compiled
+loop (`hutchinson_loop`, also run inside `CurvatureProbe`) and its host API
+(`hutchinson_trace`)."""
 
 import numpy as np
+import tensorflow as tf
 
 from keras_dynloss import _checks as val
-from keras_dynloss.curvature import krylov
 from keras_dynloss.curvature._host import _check_common, _check_seed, _tensor_matvec
 from keras_dynloss.curvature.results import TraceResult
 
@@ -37,7 +39,7 @@ def hutchinson_trace(
     distribution = val.check_choice(
         "distribution", distribution, ("rademacher", "gaussian")
     )
-    samples = krylov.hutchinson_loop(
+    samples = hutchinson_loop(
         _tensor_matvec(matvec), size, num_samples, _check_seed(seed), distribution
     ).numpy()
     return TraceResult(
@@ -47,3 +49,41 @@ def hutchinson_trace(
         num_matvecs=num_samples,
         samples=samples,
     )
+
+
+def probe_vectors(n, seed, distribution="rademacher"):
+    """`i -> z_i`, random float64 vectors `(n,)` from a stateless RNG.
+
+    Rademacher (`±1`) or standard Gaussian, both with `E[z z^T] = I`. `seed` is
+    an int or an int tensor `(2,)`; vector `i` uses `fold_in(seed, i)`.
+    """
+    seed = tf.cast(tf.reshape(seed, [-1]), tf.int64)
+    seed = tf.concat([seed, tf.zeros([2], tf.int64)], 0)[:2]
+
+    def one(i):
+        s = tf.random.experimental.stateless_fold_in(seed, i)
+        if distribution == "rademacher":
+            bits = tf.random.stateless_uniform(tf.reshape(n, [1]), seed=s, minval=0, maxval=2, dtype=tf.int64)
+            return tf.cast(2 * bits - 1, tf.float64)
+        return tf.random.stateless_normal(tf.reshape(n, [1]), seed=s, dtype=tf.float64)
+
+    return one
+
+
+def hutchinson_loop(matvec, n, num_samples, seed, distribution="rademacher"):
+    """Samples `z_i^T A z_i`, `i < num_samples`, as a float64 tensor `(s,)`.
+
+    `tr(A) = E[z^T A z]` for probes with `E[z z^T] = I` (see `probe_vectors`).
+    """
+    vector = probe_vectors(n, seed, distribution)
+
+    def body(i, samples):
+        z = vector(i)
+        value = tf.tensordot(z, tf.cast(matvec(z), tf.float64), 1)
+        return i + 1, tf.tensor_scatter_nd_update(samples, [[i]], [value])
+
+    _, samples = tf.while_loop(
+        lambda i, _: i < num_samples, body, (tf.constant(0), tf.zeros([num_samples], tf.float64)),
+        parallel_iterations=1,  # one product (one backward pass) in memory at a time
+    )
+    return samples
