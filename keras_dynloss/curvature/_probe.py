@@ -175,20 +175,23 @@ class ProbeGraph:
 
     def _probe(self, x, y, sw, starts, seed):
         cfg = self.config
-        seeds = [counter_random.fold_in(seed, i) for i in range(8)]
+
+        def seeds(i):  # one stream per target, built only where used
+            return counter_random.fold_in(seed, i)
+
         out = {}
         main = self._matvec(self.flat, self.product, x, y, sw)
-        out["main"] = self._lanczos(main, starts["main"], seeds[0], cfg["top_k"], cfg["order"])
+        out["main"] = self._lanczos(main, starts["main"], seeds(0), cfg["top_k"], cfg["order"])
         done = [out["main"]["values"]]
         if cfg["trace_samples"]:
-            out["trace"] = trace.hutchinson_loop(main, self.flat.size, cfg["trace_samples"], seeds[2])
+            out["trace"] = trace.hutchinson_loop(main, self.flat.size, cfg["trace_samples"], seeds(2))
             done.append(out["trace"])
         if "eos" in self.sizes:
             opt = eos_lib.unwrap(cfg["eos_optimizer"])
 
             def preconditioned():
                 d = self.preconditioner()
-                return self._lanczos(lambda v: d * main(d * v), starts["eos"], seeds[3], 1, cfg["order"])
+                return self._lanczos(lambda v: d * main(d * v), starts["eos"], seeds(3), 1, cfg["order"])
 
             def undefined():  # no update yet: P is not defined
                 nan = tf.constant(float("nan"), tf.float64)
@@ -199,7 +202,7 @@ class ProbeGraph:
             done.append(out["eos"]["values"])
         for i, (name, flat, linearized) in enumerate(self.layers):
             mv = self._matvec(flat, linearized, x, y, sw, after=done)
-            layer_seed = counter_random.fold_in(seeds[1], i)
+            layer_seed = counter_random.fold_in(seeds(1), i)
             out["layer/" + name] = self._lanczos(mv, starts["layer/" + name], layer_seed, 1, cfg["order"])
             done = [out["layer/" + name]["values"]]
         if cfg["ntk"]:
@@ -210,7 +213,7 @@ class ProbeGraph:
             def gram_norm(q):  # Theta = M M^T: the Gram pair (krylov.lanczos_loop)
                 return linearized.gram_norm(tf.cast(q, self.flat.dtype))
 
-            out["ntk"] = self._lanczos(ntk_mv, starts["ntk"], seeds[4], 1, cfg["ntk_order"], gram_norm=gram_norm)
+            out["ntk"] = self._lanczos(ntk_mv, starts["ntk"], seeds(4), 1, cfg["ntk_order"], gram_norm=gram_norm)
         return out
 
 

@@ -39,6 +39,7 @@ def _key(seed):
     return _mix(seed[0] * _u64(_GOLDEN) + seed[-1])
 
 
+@tf.autograph.experimental.do_not_convert
 def fold_in(seed, i):
     """A new seed `(2,)` int64 for stream `i` (int or int tensor) of `seed`."""
     i = tf.bitcast(tf.cast(i, tf.int64), tf.uint64)
@@ -46,6 +47,7 @@ def fold_in(seed, i):
     return tf.bitcast(tf.stack([key, _mix(key)]), tf.int64)
 
 
+@tf.autograph.experimental.do_not_convert
 def uniform(n, seed):
     """float64 `(n,)`, entries uniform on `[-1, 1)`, a function of `(seed, index)`."""
     index = tf.bitcast(tf.range(tf.cast(n, tf.int64), dtype=tf.int64), tf.uint64)
