@@ -25,9 +25,9 @@ def _reference_uniform(n, seed):
 @pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
 def test_uniform_matches_the_python_reference(seed, mode):
     seed_t = tf.constant(seed, tf.int64)
-    fn = {"eager": counter_random.uniform, "graph": tf.function(counter_random.uniform),
-          "xla": tf.function(counter_random.uniform, jit_compile=True)}[mode]
-    got = fn(37, seed_t).numpy()
+    fn = {"eager": counter_random.uniform_like, "graph": tf.function(counter_random.uniform_like),
+          "xla": tf.function(counter_random.uniform_like, jit_compile=True)}[mode]
+    got = fn(tf.zeros([37], tf.float64), seed_t).numpy()
     np.testing.assert_array_equal(got, _reference_uniform(37, seed))
 
 
@@ -41,7 +41,7 @@ def test_fold_in_matches_the_python_reference():
 
 def test_uniform_is_uniform_and_streams_are_uncorrelated():
     n = 2**16
-    z = counter_random.uniform(n, 11).numpy()
+    z = counter_random.uniform_like(tf.zeros([n]), 11).numpy()
     assert z.min() >= -1.0 and z.max() < 1.0
     # Uniform on [-1, 1): mean 0 (sd 1/sqrt(3n)), E z^2 = 1/3 (sd sqrt(4/45 n)).
     assert abs(z.mean()) < 5 / np.sqrt(3 * n)
@@ -51,18 +51,17 @@ def test_uniform_is_uniform_and_streams_are_uncorrelated():
     assert chi2 < 50  # 15 degrees of freedom: P(chi2 > 50) < 1e-5
     bound = 5 / np.sqrt(n)  # correlations of independent vectors
     assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < bound
-    others = [counter_random.uniform(n, 12).numpy(),
-              counter_random.uniform(n, counter_random.fold_in(tf.constant(11, tf.int64), 0)).numpy(),
-              counter_random.uniform(n, counter_random.fold_in(tf.constant(11, tf.int64), 1)).numpy()]
+    others = [counter_random.uniform_like(tf.zeros([n]), 12).numpy(),
+              counter_random.uniform_like(tf.zeros([n]), counter_random.fold_in(tf.constant(11, tf.int64), 0)).numpy(),
+              counter_random.uniform_like(tf.zeros([n]), counter_random.fold_in(tf.constant(11, tf.int64), 1)).numpy()]
     for i, a in enumerate([z] + others):
         for b in others[i:]:
             if a is not b:
                 assert abs(np.corrcoef(a, b)[0, 1]) < bound
 
 
-def test_uniform_keeps_a_static_length_in_graph():
-    @tf.function
-    def draw(v):
-        return counter_random.uniform(v.shape[0], 1)
-
+def test_uniform_keeps_the_static_shape_in_graph():
+    draw = tf.function(lambda v: counter_random.uniform_like(v, 1))
     assert draw.get_concrete_function(tf.TensorSpec([9], tf.float64)).output_shapes.as_list() == [9]
+    assert draw.get_concrete_function(tf.TensorSpec([None], tf.float64)).output_shapes.as_list() == [None]
+    np.testing.assert_array_equal(draw(tf.zeros([2, 3])).numpy().ravel(), _reference_uniform(6, 1))

@@ -152,9 +152,8 @@ class ProbeGraph:
             return _in_float64(linearized(flat.read(), x, y, sw), flat.dtype)
 
     def _lanczos(self, mv, start, seed, k, order, gram_norm=None):
-        size = tf.shape(start)[0]
         order = min(order, int(start.shape[0]))
-        noise = counter_random.uniform(start.shape[0] or size, seed)
+        noise = counter_random.uniform_like(start, seed)
         noise = noise / tf.norm(noise)
         norm = tf.norm(start)
         v0 = tf.where(norm > 0, start / tf.maximum(norm, 1e-300) + self.config["noise"] * noise, noise)

@@ -1,6 +1,6 @@
 """Counter-based random vectors for Lanczos starts: a few integer operations.
 
-`uniform(n, seed)` hashes each index with the seed by SplitMix64's finaliser
+`uniform_like(x, seed)` hashes each index of `x` with the seed by SplitMix64's finaliser
 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
 OOPSLA 2014; Java's `SplittableRandom`) and maps the top 53 bits to
 `[-1, 1)`: entries independent and uniform, `E[z z^T] = I / 3`. A Lanczos
@@ -48,8 +48,10 @@ def fold_in(seed, i):
 
 
 @tf.autograph.experimental.do_not_convert
-def uniform(n, seed):
-    """float64 `(n,)`, entries uniform on `[-1, 1)`, a function of `(seed, index)`."""
-    index = tf.bitcast(tf.range(tf.cast(n, tf.int64), dtype=tf.int64), tf.uint64)
+def uniform_like(x, seed):
+    """float64 of `x`'s shape (static where `x`'s is), entries uniform on
+    `[-1, 1)`, a function of `(seed, flat index)`."""
+    index = tf.bitcast(tf.range(tf.size(x, out_type=tf.int64), dtype=tf.int64), tf.uint64)
     z = _mix(index * _u64(_GOLDEN) + _key(seed))
-    return tf.cast(tf.bitwise.right_shift(z, _u64(11)), tf.float64) * 2.0**-52 - 1.0
+    value = tf.cast(tf.bitwise.right_shift(z, _u64(11)), tf.float64) * 2.0**-52 - 1.0
+    return tf.reshape(value, tf.shape(x))

@@ -17,7 +17,7 @@ DENSE_BASIS_SIZE`, 8 MiB) is stacked into one matrix and projected out with
 two matrix products (classical Gram-Schmidt), a larger one is read row by row
 in place (modified Gram-Schmidt). On the spiral MLP (n = 603, XLA) the
 stacked reads cut a probe's non-product time per Lanczos step from ~0.05 to
-~0.005 ms (0.81 -> 0.62 ms a probe, `bench/curvature_fig4_in_step.py`).
+~0.005 ms (0.81 -> 0.54 ms a probe, `bench/curvature_fig4_in_step.py`).
 Memory besides the product itself for a large basis: at most
 `(m + 4) n` float64 numbers in graph mode (TensorFlow's allocator peak for
 `m = 10`, `n = 2e6`: 13.6 n), 17.8 n under XLA (`bench/curvature_scale.py`).
@@ -213,7 +213,8 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         k: number of top Ritz pairs the stopping rule watches.
         min_steps: never stop before this many steps.
         restart: continue after a breakdown (else stop there).
-        seed: int seed of the restart vectors.
+        seed: seed of the restart vectors: an int, or an int tensor of shape
+            `()`, `(1,)` or `(2,)` (`counter_random`).
         gram_norm: for a Gram operator `A = M M^T` (with `tol`, `k = 1`):
             `q -> ||M^T q||^2` (half a product); the run may stop on the Gram
             pair (`gram_ritz.attempt`, `run.gram`), which `ritz` then returns.
@@ -224,7 +225,6 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
     start = tf.convert_to_tensor(start, tf.float64)
     n = tf.shape(start)[0]
     size = tf.cast(n, tf.float64)
-    seed = tf.cast(tf.reshape(seed, [-1])[:1], tf.int64)
     q0 = start / tf.norm(start)
     gram = gram_norm is not None
     if gram and (tol is None or k != 1):
@@ -259,7 +259,7 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         last = j + 1 >= order
 
         def fresh():
-            r = counter_random.uniform(start.shape[0] or n, counter_random.fold_in(seed, j))
+            r = counter_random.uniform_like(q0, counter_random.fold_in(seed, j))
             r = _orthogonalise(r, basis, j + 1, order + gram)
             return r / tf.maximum(tf.norm(r), _TINY)
 
