@@ -19,9 +19,11 @@ Measured, on the same batch and machine:
   Lanczos state `(order + 4) n 8` bytes, one loss gradient (one backward
   pass) and one product computed alone (`hvp_fn`: forward, gradient and the
   second backward pass; one traced NTK product) on the same batch;
-* for comparison, the full (untraced) NTK, one VJP and its transpose per product;
-* for memory, the Hessian probe with `hvp_mode="forward_over_reverse"`, and
-  the Hessian and Hessian + traced NTK probes with `micro_batch_size=64`.
+* with the default `micro_batch_size="auto"` (the forward pass on this batch
+  holds more than 32 MiB, so products run over 4 sub-batches of 64) and, for
+  comparison, `micro_batch_size=None` (whole batch; the Hessian also with
+  `hvp_mode="forward_over_reverse"`);
+* the full (untraced) NTK, one VJP and its transpose per product.
 
 MLP: 784-1024-1024-10 (1.86M parameters), the same measurements for the
 Hessian probe, and `ntk_eigenvalues` on 256 inputs, which above
@@ -119,6 +121,7 @@ def measure(model, x, y, probe_kwargs, steps_between=25, probes=4):
         t0 = time.perf_counter()
         probe.probe(model)
         first = time.perf_counter() - t0
+    micro = probe.build_for(model).micro_batch_size  # the graph the first probe built
     steady, growth = [], []
     for i in range(probes):
         for j in range(steps_between):
@@ -132,7 +135,7 @@ def measure(model, x, y, probe_kwargs, steps_between=25, probes=4):
             steady.append(time.perf_counter() - t0)
         growth.append(steady_mem.growth)
     step = float(np.median(step_times))
-    return dict(n=n, step=step, first=first, steady=float(np.median(steady)), history=probe.history,
+    return dict(n=n, micro=micro, step=step, first=first, steady=float(np.median(steady)), history=probe.history,
                 first_peak=mem.growth, steady_peak=max(growth), peaks=peaks,
                 state=(probe_kwargs.get("lanczos_order", 20) + 4) * n * 8)
 
@@ -154,7 +157,8 @@ def lanczos_memory(n=2_000_000, order=10):
 
 def report(name, r, ntk):
     h = r["history"]
-    print(f"  {name}: first probe {r['first']:.1f} s; steady probe {r['steady']:.2f} s = "
+    print(f"  {name} [sub-batches of {r['micro'] or 'all'} rows]: first probe {r['first']:.1f} s; "
+          f"steady probe {r['steady']:.2f} s = "
           f"{r['steady'] / r['step']:.1f} training steps ({r['step'] * 1e3:.0f} ms/step); "
           f"HVPs/probe {h['hessian_matvecs']}" + (f", NTK products/probe {h['ntk_matvecs']}" if ntk else ""))
     print(f"     lambda_max {h['hessian_max_eig'][-1]:.4g} (residual {h['hessian_max_eig_residual'][-1]:.1e})"
@@ -180,17 +184,17 @@ def main():
           f"({sum(int(np.prod(v.shape)) for v in resnet_cnn().trainable_variables)} trainable)")
     kwargs = dict(lanczos_order=10, eos_ratio=False)
     report("Hessian (order <= 10)", measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=False)
-    kwargs = dict(lanczos_order=10, eos_ratio=False, hvp_mode="forward_over_reverse")
-    report("Hessian, hvp_mode='forward_over_reverse' (no recorded first pass: less memory)",
+    kwargs = dict(lanczos_order=10, eos_ratio=False, micro_batch_size=None)
+    report("Hessian, micro_batch_size=None (whole batch, first pass recorded once per probe)",
            measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=False)
-    kwargs = dict(lanczos_order=10, eos_ratio=False, micro_batch_size=64)
-    report("Hessian, micro_batch_size=64 (4 sub-batches per product, one at a time)",
+    kwargs = dict(lanczos_order=10, eos_ratio=False, micro_batch_size=None, hvp_mode="forward_over_reverse")
+    report("Hessian, micro_batch_size=None, hvp_mode='forward_over_reverse'",
            measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=False)
-    kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, eos_ratio=False, micro_batch_size=64)
-    report("Hessian + traced NTK, micro_batch_size=64",
-           measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
     kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, eos_ratio=False)
     report("Hessian + traced NTK (orders <= 10)", measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
+    kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, eos_ratio=False, micro_batch_size=None)
+    report("Hessian + traced NTK, micro_batch_size=None",
+           measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)
     kwargs = dict(lanczos_order=10, ntk=True, ntk_order=10, ntk_trace_outputs=False, eos_ratio=False)
     report("Hessian + full NTK (N*K x N*K; one VJP + its transpose per product)",
            measure(resnet_cnn(), x, y, kwargs, probes=args.probes), ntk=True)

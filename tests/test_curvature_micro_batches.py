@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from keras_dynloss.curvature import CurvatureProbe
+from keras_dynloss.curvature import micro_batches
 from keras_dynloss.curvature.flat import FlatParameters
 from keras_dynloss.curvature.operators import micro_batched_curvature_fn
 from keras_dynloss.curvature.operators import micro_batched_ntk_fn
@@ -80,15 +81,17 @@ def test_sub_batch_gauss_newton_equals_dense_jt_h_j():
     np.testing.assert_allclose(got, dense_ggn_crossentropy(model, x), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_probe_with_micro_batches_equals_the_dense_top_eigenvalue(jit):
+@pytest.mark.parametrize("jit, micro", [(False, 4), (True, 4), (True, "auto")])
+def test_probe_with_micro_batches_equals_the_dense_top_eigenvalue(jit, micro, monkeypatch):
+    monkeypatch.setattr(micro_batches, "AUTO_SPLIT_BYTES", 0)  # "auto" splits this small model too
     model = _model()
     x, y, sw = _data(12)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=F64)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
-    probe = CurvatureProbe((x, y, sw), micro_batch_size=4, lanczos_order=40, tol=1e-10, eos_ratio=False,
+    probe = CurvatureProbe((x, y, sw), micro_batch_size=micro, lanczos_order=40, tol=1e-10, eos_ratio=False,
                            per_layer=True, ntk=True, ntk_order=12, jit_compile=jit)
     probe.probe(model, step=0)
+    assert probe.build_for(model).micro_batch_size == (3 if micro == "auto" else micro)  # "auto": 4 equal parts
     reference = _dense_hessian(model, loss, tf.constant(x), tf.constant(y), tf.constant(sw))
     assert probe.history["hessian_max_eig"][-1] == pytest.approx(np.linalg.eigvalsh(reference)[-1], rel=1e-9)
     jac = explicit_jacobian(model, x)
@@ -100,9 +103,39 @@ def test_probe_with_micro_batches_equals_the_dense_top_eigenvalue(jit):
     assert probe.history[f"hessian_max_eig/{name}"][-1] == pytest.approx(np.linalg.eigvalsh(block)[-1], rel=1e-9)
 
 
+def _relu_mlp(inputs):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(7, activation="relu"), keras.layers.Dense(3)])
+
+
+def test_forward_bytes_counts_the_activations_not_the_parameters():
+    small = micro_batches.forward_bytes(FlatParameters(_relu_mlp(5)), tf.zeros([10, 5]))
+    assert small >= 10 * (7 + 3) * 4  # at least the two layers' float32 outputs
+    assert micro_batches.forward_bytes(FlatParameters(_relu_mlp(5)), tf.zeros([20, 5])) == 2 * small
+    # 100 times the first layer's weights (and inputs), the same activations
+    assert micro_batches.forward_bytes(FlatParameters(_relu_mlp(500)), tf.zeros([10, 500])) == small
+
+
+@pytest.mark.parametrize("rows, expected", [(12, 3), (300, 75), (18, 3), (9, 3), (13, None), (3, None)])
+def test_auto_sub_batches_are_a_quarter_or_the_next_equal_split(rows, expected, monkeypatch):
+    monkeypatch.setattr(micro_batches, "AUTO_SPLIT_BYTES", 0)
+    assert micro_batches.auto_batch_size(FlatParameters(_relu_mlp(5)), tf.zeros([rows, 5])) == expected
+
+
+def test_auto_splits_only_above_the_threshold(monkeypatch):
+    flat, x = FlatParameters(_relu_mlp(5)), tf.zeros([12, 5])
+    assert micro_batches.auto_batch_size(flat, x) is None  # 1.6 kB of activations: never split
+    size = micro_batches.forward_bytes(flat, x)
+    monkeypatch.setattr(micro_batches, "AUTO_SPLIT_BYTES", size)
+    assert micro_batches.auto_batch_size(flat, x) is None
+    monkeypatch.setattr(micro_batches, "AUTO_SPLIT_BYTES", size - 1)
+    assert micro_batches.auto_batch_size(flat, x) == 3
+
+
 def test_micro_batch_size_is_checked():
-    with pytest.raises(ValueError, match="micro_batch_size"):
-        CurvatureProbe((np.zeros((4, 3)), np.zeros(4)), micro_batch_size=0)
+    for bad in (0, "Auto", 2.0):
+        with pytest.raises(ValueError, match=r"micro_batch_size.*'auto', None or an int >= 1"):
+            CurvatureProbe((np.zeros((4, 3)), np.zeros(4)), micro_batch_size=bad)
     model = _model()
     x, y, _ = _data(10)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")

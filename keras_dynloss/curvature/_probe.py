@@ -41,7 +41,8 @@ class ProbeGraph:
             `ntk_order`, `ntk_trace_outputs`, `eos_optimizer` (an Adam to
             precondition with, or `None`), `replicas` (a
             `distributed.ShardedProducts` or `None`), optionally
-            `micro_batch_size` (see `micro_batches`) and `jit_compile`.
+            `micro_batch_size` (an int, `"auto"`: `micro_batches.auto_batch_size`
+            on `x`, or `None`; see `micro_batches`) and `jit_compile`.
         x: an example probe input (sizes the NTK).
     """
 
@@ -50,6 +51,10 @@ class ProbeGraph:
         self.flat = flat_lib.FlatParameters(model, config["variables"])
         kwargs = dict(operator=config["operator"], mode=config["mode"], training=config["training"])
         micro = config.get("micro_batch_size")
+        if micro == "auto":
+            micro = micro_batches.auto_batch_size(self.flat, x, training=config["training"])
+        #: Rows per sub-batch of every product (`None`: the whole batch at once).
+        self.micro_batch_size = micro
         if micro:
 
             def operator(flat):

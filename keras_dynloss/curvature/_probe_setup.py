@@ -137,10 +137,11 @@ class ProbeSetup:
             eos_optimizer=opt if kind == "adam" else None,
             replicas=distributed.sharded_products(self.model),
         )
-        if config["replicas"] is not None and self.micro_batch_size:
-            raise val.invalid("micro_batch_size", "None under a MirroredStrategy (the probe batch is already "
-                              "split across the replicas)", self.micro_batch_size)
-        config["micro_batch_size"] = self.micro_batch_size
+        micro = self.micro_batch_size
+        if config["replicas"] is not None and micro not in (None, "auto"):
+            raise val.invalid("micro_batch_size", "None or 'auto' under a MirroredStrategy (the probe batch is "
+                              "already split across the replicas)", micro)
+        config["micro_batch_size"] = None if config["replicas"] is not None else micro
         if config["replicas"] is not None and self.jit_compile:
             raise val.invalid("jit_compile", "False under a MirroredStrategy (one XLA cluster cannot span "
                               "several devices)", self.jit_compile)

@@ -116,7 +116,12 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
             memory; see the README's performance table).
         micro_batch_size: compute every product over sub-batches of this
             many samples, one at a time (less memory, a forward pass per
-            sub-batch; not under a `MirroredStrategy`; see `micro_batches`).
+            sub-batch; see `micro_batches`). `"auto"` (default): a quarter of
+            the probe batch (equal sub-batches) when one forward pass on it
+            holds more than 32 MiB of activations, else the whole batch
+            (`micro_batches.auto_batch_size`; the size in use is
+            `build_for(model).micro_batch_size`). `None`: never split. Under
+            a `MirroredStrategy` the replicas' shards are the split.
         training: evaluate the model in training mode (default `False`).
         seed: seed of the random start vectors and Hutchinson probes.
         optimizer: optimizer giving the step and `eos_ratio`; default
@@ -136,7 +141,7 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
                  warm_start_noise=0.01, trace=False, trace_samples=10, ntk=False, ntk_order=10,
                  ntk_trace_outputs=True, eos_ratio=True, probe_at_start=True, hvp_mode="reverse_over_reverse",
                  training=False, seed=0, optimizer=None, csv_path=None, jit_compile=False,
-                 micro_batch_size=None):
+                 micro_batch_size="auto"):
         super().__init__()
         if every_n_steps is not None and every_n_epochs is not None:
             raise val.invalid("every_n_epochs", "None when `every_n_steps` is given (give at most one)",
@@ -172,7 +177,12 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
         self.eos_ratio, self.probe_at_start, self.training = eos_ratio, probe_at_start, training
         self.jit_compile = jit_compile
         self.hvp_mode = val.check_choice("hvp_mode", hvp_mode, hessian.HVP_MODES)
-        self.micro_batch_size = val.check_int("micro_batch_size", micro_batch_size, minimum=1, allow_none=True)
+        if not (isinstance(micro_batch_size, str) and micro_batch_size == "auto"):
+            try:
+                micro_batch_size = val.check_int("micro_batch_size", micro_batch_size, minimum=1, allow_none=True)
+            except ValueError:
+                raise val.invalid("micro_batch_size", "'auto', None or an int >= 1", micro_batch_size) from None
+        self.micro_batch_size = micro_batch_size
         self.seed = val.check_int("seed", seed, minimum=0)
         if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
             raise val.invalid("optimizer", "a keras.optimizers.Optimizer or None", optimizer)

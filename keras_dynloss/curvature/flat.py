@@ -167,6 +167,15 @@ def model_outputs(flat, theta, x, *, training=False, return_losses=False):
     return outputs, [tf.cast(item, flat.dtype) for item in (losses or [])]
 
 
+def traced_outputs(flat, x, *, training=False):
+    """The concrete function `x -> flat_outputs(model(x))` at the current
+    parameters, traced for inputs shaped like `x` and not run (its graph and
+    output shapes describe the forward pass without allocating it)."""
+    spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), x)
+    fn = tf.function(lambda x: flat_outputs(model_outputs(flat, flat.read(), x, training=training)))
+    return fn.get_concrete_function(spec)
+
+
 def loss_term(flat, loss, outputs, y, sample_weight):
     """Scalar `loss(y, outputs[, sample_weight])` (averaged if not scalar)."""
     if sample_weight is None:

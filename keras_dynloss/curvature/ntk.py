@@ -141,9 +141,12 @@ def ntk_matvec_fn(flat, *, trace_outputs=True, training=False, num_outputs, devi
 
 
 def num_samples_and_outputs(flat, x, training=False):
-    """`(N, K)` of the flattened model outputs on `x`."""
-    out = flat_lib.flat_outputs(flat_lib.model_outputs(flat, flat.read(), x, training=training))
-    return int(out.shape[0]), int(out.shape[1])
+    """`(N, K)` of the flattened model outputs on `x`, from the traced forward
+    pass (nothing runs) unless its output shape is not static."""
+    shape = flat_lib.traced_outputs(flat, x, training=training).structured_outputs.shape
+    if not shape.is_fully_defined():
+        shape = flat_lib.flat_outputs(flat_lib.model_outputs(flat, flat.read(), x, training=training)).shape
+    return int(shape[0]), int(shape[1])
 
 
 class NTKOperator:
