@@ -130,6 +130,8 @@ def test_auto_splits_only_above_the_threshold(monkeypatch):
     assert micro_batches.auto_batch_size(flat, x) is None
     monkeypatch.setattr(micro_batches, "AUTO_SPLIT_BYTES", size - 1)
     assert micro_batches.auto_batch_size(flat, x) == 3
+    # training mode: BatchNormalization would see each sub-batch's statistics
+    assert micro_batches.auto_batch_size(flat, x, training=True) is None
 
 
 def test_micro_batch_size_is_checked():

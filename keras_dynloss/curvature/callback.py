@@ -118,8 +118,8 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
             many samples, one at a time (less memory, a forward pass per
             sub-batch; see `micro_batches`). `"auto"` (default): a quarter of
             the probe batch (equal sub-batches) when one forward pass on it
-            holds more than 32 MiB of activations, else the whole batch
-            (`micro_batches.auto_batch_size`; the size in use is
+            holds more than 32 MiB of activations and `training=False`, else
+            the whole batch (`micro_batches.auto_batch_size`; the size in use is
             `build_for(model).micro_batch_size`). `None`: never split. Under
             a `MirroredStrategy` the replicas' shards are the split.
         training: evaluate the model in training mode (default `False`).
