@@ -93,7 +93,7 @@ class ProbeGraph:
         self.ks = {name: (config["top_k"] if name == "main" else 1) for name in self.names}
         # A closure per instance: TensorFlow's retracing detector counts per
         # Python function, and every probe rebuild is a new graph by design.
-        self.fn = tf.function(lambda *args: self.compute(*args), reduce_retracing=True,
+        self.fn = tf.function(lambda *args: self.compute(*args), reduce_retracing=True, autograph=False,
                               jit_compile=config.get("jit_compile", False))
         self._concrete = None
 

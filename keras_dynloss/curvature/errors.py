@@ -52,7 +52,7 @@ def _locate_op(model, op_type, probes):
     """
     for fn, args in probes:
         try:
-            graph = tf.function(fn).get_concrete_function(*args).graph
+            graph = tf.function(fn, autograph=False).get_concrete_function(*args).graph
         except Exception:  # the probe itself may hit the missing gradient
             continue
         for op in graph.get_operations():

@@ -172,7 +172,8 @@ def traced_outputs(flat, x, *, training=False):
     parameters, traced for inputs shaped like `x` and not run (its graph and
     output shapes describe the forward pass without allocating it)."""
     spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), x)
-    fn = tf.function(lambda x: flat_outputs(model_outputs(flat, flat.read(), x, training=training)))
+    fn = tf.function(lambda x: flat_outputs(model_outputs(flat, flat.read(), x, training=training)),
+                     autograph=False)
     return fn.get_concrete_function(spec)
 
 

@@ -245,8 +245,9 @@ class HessianOperator:
         grad = grad_fn(self.flat, loss, **kwargs)
         self._raw_grad = grad
         flat = self.flat
-        self._product = tf.function(lambda v, x, y, sw: product(flat.read(), v, x, y, sw)[0], reduce_retracing=True)
-        self._grad = tf.function(lambda x, y, sw: grad(flat.read(), x, y, sw), reduce_retracing=True)
+        self._product = tf.function(lambda v, x, y, sw: product(flat.read(), v, x, y, sw)[0], reduce_retracing=True,
+                                    autograph=False)
+        self._grad = tf.function(lambda x, y, sw: grad(flat.read(), x, y, sw), reduce_retracing=True, autograph=False)
 
     def _average(self, fn):
         total, count = None, 0

@@ -184,7 +184,7 @@ class NTKOperator:
         self.num_matvecs = 0
         fn = ntk_matvec_fn(self.flat, trace_outputs=trace_outputs, training=training, num_outputs=k)
         flat = self.flat
-        self._fn = tf.function(lambda u, x: fn(flat.read(), u, x))
+        self._fn = tf.function(lambda u, x: fn(flat.read(), u, x), autograph=False)
 
     def matvec_tensor(self, u):
         """`Theta u` for a tensor `u` of shape `(size,)` in the parameter dtype."""
@@ -217,7 +217,7 @@ def ntk_jacobian(model, x, *, training=False, batch_size=None, variables=None):
     n_samples = int(tf.nest.flatten(x)[0].shape[0])
     batch_size = val.check_int("batch_size", batch_size, minimum=1, allow_none=True) or n_samples
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def jac(xb):
         theta = flat.read()
         with tf.GradientTape() as tape:
