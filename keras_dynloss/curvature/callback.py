@@ -128,7 +128,7 @@ class CurvatureProbe(ProbeSetup, keras.callbacks.Callback):
             `model.optimizer` (a `LossScaleOptimizer` is looked through).
         csv_path: stream each probe as one CSV row to this file (flushed per
             probe) instead of keeping `history` (overwritten at first probe).
-        jit_compile: compile the probe with XLA (first probe: ~2 s; warns for a CNN on CPU).
+        jit_compile: compile the probe with XLA (spiral MLP first probe: ~1.2 s; warns for a CNN on CPU).
 
     Example:
         >>> probe = CurvatureProbe((x[:256], y[:256]), every_n_steps=25, ntk=True)
