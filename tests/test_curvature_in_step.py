@@ -131,3 +131,49 @@ def test_rejected_arguments_name_themselves(spiral):
     unbuilt = InStepProbe(CurvatureProbe((x, y), every_n_steps=5), capacity=4)
     with pytest.raises(ValueError, match="`model`"):
         unbuilt.maybe_probe()
+
+
+def test_in_step_probe_in_an_autograph_training_loop_equals_the_dense_hessian(spiral):
+    """A custom `tf.function` loop (AutoGraph on: a `for` over `tf.range`)
+    calling `maybe_probe()` before each update: the probe's graph code runs
+    as written and each value equals the dense lambda_max at its step."""
+    x, y = spiral[0].astype("float64"), spiral[1]
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64")
+
+    def setup():
+        model = build_mlp(8, 3, seed=3, dtype="float64")
+        opt = keras.optimizers.SGD(0.5)
+        opt.build(model.trainable_variables)
+        model.compile(optimizer=opt, loss=ce)
+        return model, opt
+
+    model, opt = setup()
+    probe = CurvatureProbe((x, y), every_n_steps=EVERY, lanczos_order=20, tol=1e-7)
+    in_step = InStepProbe(probe, capacity=10)
+    in_step.build(model)
+
+    @tf.function
+    def train(steps):
+        for _ in tf.range(steps):
+            in_step.maybe_probe()
+            with tf.GradientTape() as tape:
+                value = ce(y, model(x, training=True))
+            opt.apply(tape.gradient(value, model.trainable_variables), model.trainable_variables)
+        in_step.maybe_probe()
+
+    train(tf.constant(2 * EVERY))
+    in_step.flush()
+    reference, ref_opt = setup()
+    weights = {}
+    for step in range(2 * EVERY + 1):
+        weights[step] = [v.numpy() for v in reference.trainable_variables]
+        with tf.GradientTape() as tape:
+            value = ce(y, reference(x, training=True))
+        ref_opt.apply(tape.gradient(value, reference.trainable_variables), reference.trainable_variables)
+    assert probe.history["step"] == [0, EVERY, 2 * EVERY]
+    for step, value, residual in zip(probe.history["step"], probe.history["hessian_max_eig"],
+                                     probe.history["hessian_max_eig_residual"]):
+        for var, w in zip(reference.trainable_variables, weights[step]):
+            var.assign(w)
+        dense = float(np.linalg.eigvalsh(explicit_hessian(reference, ce, x, y))[-1])
+        assert abs(value - dense) <= max(residual, 1e-9 * dense) + 1e-7 * dense, (step, value, dense)

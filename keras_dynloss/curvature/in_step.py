@@ -84,6 +84,7 @@ class InStepProbe(keras.callbacks.Callback):
         self._flushed = 0
         self._seed_offset = self.probe.probes_taken  # seeds continue the probe's own count
 
+    @tf.autograph.experimental.do_not_convert  # the probe is graph code: no AutoGraph from a converted caller
     def maybe_probe(self):
         """Graph code: probes now if the step is due and not yet probed."""
         if self._graph is None:
