@@ -33,6 +33,7 @@ import tensorflow as tf
 from keras_dynloss import _compat
 from keras_dynloss.curvature import counter_random
 from keras_dynloss.curvature import gram_ritz
+from keras_dynloss.curvature import tridiagonal_top
 
 _EPS = float(np.finfo(np.float64).eps)
 _TINY = float(np.finfo(np.float64).tiny)
@@ -44,7 +45,8 @@ _TINY = float(np.finfo(np.float64).tiny)
 #: `m` rows `(n,)`, `q_0 .. q_{steps-1}` written (read it with `basis_rows`,
 #: `combine`, `ritz`). `steps`, `breakdowns`: int32 scalars. `eigh`: with a
 #: `tol`, the `_padded_eigh` of the last step's `T` the stopping rule computed
-#: (reused by `ritz`), else `None`.
+#: (reused by `ritz`; under XLA with `k = 1` and no `gram_norm`, the top pair
+#: alone, `tridiagonal_top.top_pair`), else `None`.
 #: `gram`: with `gram_norm`, `(stopped, value, residual, coefficients (m,))`:
 #: whether the run stopped on the Gram pair (see `lanczos_loop`), that pair's
 #: value and relative residual, and its vector's coefficients on rows
@@ -235,8 +237,11 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
     watch = tol is not None
     tol = tf.constant(0.0 if tol is None else tol, tf.float64)
 
+    # Under XLA one pair watched: its own solver (`tridiagonal_top`), not `eigh`.
+    top_only = k == 1 and not gram and _compat.in_xla_context()
+
     def converged(alphas, betas, j):
-        theta, s = _padded_eigh(alphas, betas, j + 1)
+        theta, s = (tridiagonal_top.top_pair if top_only else _padded_eigh)(alphas, betas, j + 1)
         watched = tf.range(k) < j + 1
         relative = tf.abs(betas[j] * s[j, :k]) / tf.maximum(tf.abs(theta[:k]), _TINY)
         ok = relative <= tol
@@ -282,7 +287,8 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         return j + 1, q_next, q, beta, basis, alphas, betas, breaks, stop, eigh, gram_state
 
     m = order if watch else 1  # no decomposition carried without a tolerance
-    eigh0 = (tf.zeros([m], tf.float64), tf.zeros([m, m], tf.float64))
+    pairs = 1 if top_only else m
+    eigh0 = (tf.zeros([pairs], tf.float64), tf.zeros([m, pairs], tf.float64))
     state = (tf.constant(0), q0, tf.zeros_like(q0), tf.constant(0.0, tf.float64), basis0, zeros, zeros,
              tf.constant(0), tf.constant(False), eigh0, no_gram())
     j, q, _, _, basis, alphas, betas, breaks, _, eigh, gram_state = tf.while_loop(
