@@ -302,7 +302,12 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         model.in_step_probe = in_step
         callbacks.append(in_step)
     callbacks.append(ProgressBar(steps, label=label, enabled=progress, recorder=recorder))
-    data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    # One in-memory batch, repeated: nothing for tf.data's autotuning to tune,
+    # and its thread made 2 of 5 Fig. 4 runs wait ~10 s when `fit` returned
+    # (the iterator's teardown; TF 2.21, this VM; 0 of 9 without it).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    data = tf.data.Dataset.from_tensors((x, y)).repeat().with_options(options)
     fit = dict(callbacks=callbacks, verbose=0, shuffle=False)
     start = time.perf_counter()
     batches, rest = divmod(steps, per_batch)
