@@ -22,10 +22,10 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from curvature_common import spiral, spiral_mlp
 from keras_dynloss.curvature import CurvatureProbe
+from keras_dynloss.experiments._spiral import full_batch_dataset
 
 
 def run(x, y, steps, spe, callbacks, plain):
@@ -39,7 +39,7 @@ def run(x, y, steps, spe, callbacks, plain):
         callbacks = [DynamicalLossScheduler(log_weights=False)] + callbacks
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss=loss, steps_per_execution=spe)
     per_epoch = min(steps, 1000)
-    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+    ds = full_batch_dataset(x, y)
     t0 = time.perf_counter()
     model.fit(ds, steps_per_epoch=per_epoch, epochs=steps // per_epoch, verbose=0, shuffle=False,
               callbacks=callbacks)

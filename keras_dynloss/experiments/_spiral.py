@@ -225,6 +225,18 @@ class ProgressBar(keras.callbacks.Callback):
         stream.flush()
 
 
+def full_batch_dataset(x, y):
+    """``(x, y)`` as every batch, forever: a ``tf.data.Dataset`` for ``fit``.
+
+    Without autotuning: one in-memory batch has nothing to tune, and the
+    autotuning thread made 2 of 5 Fig. 4 runs wait 9.7-10.3 s when ``fit``
+    returned (the iterator's teardown; TF 2.21, 2-core VM; 0 of 9 without).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return tf.data.Dataset.from_tensors((x, y)).repeat().with_options(options)
+
+
 def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
                  data_seed=0, learning_rate=1.0, dtype="float32", record=False,
                  probe_every=0, probe_ntk=True, steps_per_execution=None,
@@ -302,12 +314,7 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         model.in_step_probe = in_step
         callbacks.append(in_step)
     callbacks.append(ProgressBar(steps, label=label, enabled=progress, recorder=recorder))
-    # One in-memory batch, repeated: nothing for tf.data's autotuning to tune,
-    # and its thread made 2 of 5 Fig. 4 runs wait ~10 s when `fit` returned
-    # (the iterator's teardown; TF 2.21, this VM; 0 of 9 without it).
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    data = tf.data.Dataset.from_tensors((x, y)).repeat().with_options(options)
+    data = full_batch_dataset(x, y)
     fit = dict(callbacks=callbacks, verbose=0, shuffle=False)
     start = time.perf_counter()
     batches, rest = divmod(steps, per_batch)
