@@ -6,7 +6,8 @@ full-batch GD with η = 1, DynamicalLoss(A=70, T=5000, last period static),
 alternately ``--runs`` times after one untimed warm-up (trace / compile) each:
 
 * ``fit, full batch``: what ``python -m keras_dynloss fig4`` runs —
-  ``model.fit`` over ``tf.data.Dataset.from_tensors((x, y)).repeat()`` with
+  ``model.fit`` over ``experiments._spiral.full_batch_dataset(x, y)`` (the
+  full batch, repeated, without tf.data autotuning) with
   ``DynamicalLossScheduler``; the model is a ``FullBatchSequential`` that runs
   ``--chunk`` GD updates per batch as one compiled loop (its ``train_step``);
 * ``fit, Keras loop``: a plain ``keras.Sequential`` and Keras's own
@@ -33,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras_dynloss.datasets import spiral
 from keras_dynloss.experiments._common import set_cpu_threads
-from keras_dynloss.experiments._spiral import build_mlp
+from keras_dynloss.experiments._spiral import build_mlp, full_batch_dataset
 
 
 def make_loss(args):
@@ -49,7 +50,7 @@ def fit_runner(x, y, weights, args, full_batch):
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss=make_loss(args),
                   steps_per_execution=1 if full_batch else args.spe,
                   jit_compile=args.jit)
-    data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    data = full_batch_dataset(x, y)  # as the fig4 CLI (autotuning's teardown stalled fit 10 s at random)
     batch_steps = args.chunk if full_batch else 1
     cb = [kd.DynamicalLossScheduler(log_weights=False)]
     epochs = args.steps // args.steps_per_epoch
