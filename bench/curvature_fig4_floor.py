@@ -14,8 +14,9 @@ products), one without. Printed:
 * the steady ratio: median probed call / median unprobed call (compile
   excluded), and the whole-run ratio these give;
 * what one probe is made of, timed in compiled loops of the same process: one
-  GD update of that step, one Hessian product and the linearisation of the
-  probe (`hessian.linearized_curvature_fn`), a Lanczos step of the probe and
+  GD update of that model (forward, loss, gradient, SGD; no F(t) record), one
+  Hessian product of the probe (`hessian.linearized_curvature_fn`; the first
+  one with its linearisation), a Lanczos step of the probe and
   its fixed part (`ProbeGraph.compute` at 1 and 4 steps); with the products per
   probe of the run, the ratio the products alone give.
 
