@@ -29,40 +29,28 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_dynloss.curvature import CurvatureProbe, InStepProbe  # noqa: E402
+from keras_dynloss.curvature import CurvatureProbe  # noqa: E402
 from keras_dynloss.curvature import flat as flat_lib  # noqa: E402
 from keras_dynloss.curvature import hessian  # noqa: E402
 from keras_dynloss.datasets import spiral  # noqa: E402
-from keras_dynloss.experiments._losses import spiral_loss  # noqa: E402
-from keras_dynloss.experiments._spiral import StepRecorder, build_mlp  # noqa: E402
+from keras_dynloss.experiments._spiral import build_runner  # noqa: E402
 
 
 def runner_model(steps, per_call, every):
-    """The fig4 runner's model, loss and optimizer (`train_spiral`), with an
-    `InStepProbe` built as the runner builds it when `every`; returns
-    `(model, compiled step, in_step or None)`."""
-    x, y = spiral(dtype="float64")
-    loss = spiral_loss("ce", 3, amplitude=70.0, period=5000, static_after=max(steps - 5000, 0),
-                       dtype="float64")
-    model = build_mlp(100, 3, seed=0, dtype="float64", updates_per_batch=per_call,
-                      recorder=StepRecorder(steps, "float64"))
-    optimizer = keras.optimizers.SGD(1.0)
-    optimizer.build(model.trainable_variables)
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=True)
-    loss.bind(model)
-    in_step = None
-    if every:
-        probe = CurvatureProbe((x, y), every_n_steps=every, ntk=False, lanczos_order=10)
-        in_step = InStepProbe(probe, capacity=steps // every + 1)
-        in_step.build(model)
-        model.in_step_probe = in_step
-    xs, ys = tf.constant(x), tf.constant(y)
+    """The fig4 runner's compiled model (`build_runner`, as `train_spiral`
+    builds it: float64, XLA, F(t) recorded, its `InStepProbe` without the NTK
+    when `every`); returns `(model, compiled step, in_step or None)`."""
+    runner = build_runner(width=100, amplitude=70.0, period=5000, steps=steps, seed=0, data_seed=0,
+                          learning_rate=1.0, dtype="float64", record=True, probe_every=every, probe_ntk=False,
+                          updates_per_batch=per_call, jit_compile=True, loss="ce")
+    model = runner.model
+    runner.loss.bind(model)  # what the runner's DynamicalLossScheduler does in `fit`
+    xs, ys = tf.constant(runner.x), tf.constant(runner.y)
     step = tf.function(lambda: model.train_step((xs, ys))["loss"], jit_compile=True, autograph=False)
-    return model, step, in_step
+    return model, step, runner.in_step
 
 
 def timed_loop(body, trips):

@@ -11,6 +11,7 @@ per batch as one compiled loop (one XLA loop by default), and
 (no per-step Python).
 """
 
+import collections
 import time
 
 import keras
@@ -22,7 +23,7 @@ from keras_dynloss.callbacks import DynamicalLossScheduler
 from keras_dynloss.datasets import spiral
 from keras_dynloss.experiments._losses import spiral_loss
 
-__all__ = ["build_mlp", "FullBatchSequential", "StepRecorder", "train_spiral",
+__all__ = ["build_mlp", "FullBatchSequential", "StepRecorder", "build_runner", "train_spiral",
            "ProgressBar"]
 
 
@@ -237,6 +238,55 @@ def full_batch_dataset(x, y):
     return tf.data.Dataset.from_tensors((x, y)).repeat().with_options(options)
 
 
+Runner = collections.namedtuple("Runner", "model x y loss recorder in_step callbacks compile")
+Runner.__doc__ = """What `build_runner` returns: the compiled `FullBatchSequential`, the spiral
+`(x, y)`, the dynamical loss, the `StepRecorder` (or None), the `InStepProbe`
+(or None), the callbacks `fit` needs (the loss's scheduler, the probe) and
+`compile()`, which compiles the model again (after `updates_per_batch`
+changes)."""
+
+
+def build_runner(*, width, amplitude, period, steps, seed, data_seed, learning_rate, dtype, record,
+                 probe_every, probe_ntk, updates_per_batch, jit_compile, loss, accuracy_metric=False):
+    """The Fig. 4 / width-study model that :func:`train_spiral` fits, compiled.
+
+    Arguments as for :func:`train_spiral`; ``updates_per_batch`` GD updates per
+    compiled call; ``accuracy_metric`` adds Keras's accuracy metric. With
+    ``probe_every`` the runner's probe (``CurvatureProbe``: Hessian λ_max, NTK
+    with ``probe_ntk``, Lanczos order 10, tolerance 1e-3, warm start) is built
+    into the training loop as an ``InStepProbe``. Returns a :class:`Runner`.
+    """
+    x, y = spiral(seed=data_seed, dtype=dtype)
+    num_classes = int(y.max()) + 1
+    # The loss in the model's dtype: Keras losses default to float32, which would
+    # round the float64 gradient at the logits.
+    loss = spiral_loss(loss, num_classes, amplitude=amplitude, period=period,
+                       static_after=max(steps - period, 0), dtype=dtype)
+    optimizer = keras.optimizers.SGD(learning_rate)
+    recorder = StepRecorder(steps, dtype) if record else None
+    model = build_mlp(width, num_classes, seed=seed, dtype=dtype,
+                      updates_per_batch=updates_per_batch, recorder=recorder)
+    optimizer.build(model.trainable_variables)
+    metrics = ["accuracy"] if accuracy_metric else []
+
+    def compile_model():
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
+
+    compile_model()
+    callbacks = [DynamicalLossScheduler(log_weights=False)]
+    in_step = None
+    if probe_every:  # compiled into the training loop (InStepProbe)
+        from keras_dynloss.curvature import CurvatureProbe, InStepProbe
+
+        probe = CurvatureProbe((x, y), every_n_steps=probe_every, ntk=probe_ntk,
+                               lanczos_order=10, ntk_order=10)
+        in_step = InStepProbe(probe, capacity=steps // probe_every + 1)
+        in_step.build(model)
+        model.in_step_probe = in_step
+        callbacks.append(in_step)
+    return Runner(model, x, y, loss, recorder, in_step, callbacks, compile_model)
+
+
 def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
                  data_seed=0, learning_rate=1.0, dtype="float32", record=False,
                  probe_every=0, probe_ntk=True, steps_per_execution=None,
@@ -277,43 +327,16 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         ``probe`` (the probe history dict), ``gamma`` (Γ rows at ~2000 evenly
         spread steps ``gamma_steps``).
     """
-    x, y = spiral(seed=data_seed, dtype=dtype)
-    num_classes = int(y.max()) + 1
-    static_after = max(steps - period, 0)
-    # The loss in the model's dtype: Keras losses default to float32, which would
-    # round the float64 gradient at the logits.
-    loss = spiral_loss(loss, num_classes, amplitude=amplitude, period=period,
-                       static_after=static_after, dtype=dtype)
-    optimizer = keras.optimizers.SGD(learning_rate)
     if steps_per_execution is None:  # about 20 batches (progress-bar updates) a run
         steps_per_execution = max(1000, steps // 20)
     per_batch = max(1, min(int(steps_per_execution), steps))
-    recorder = StepRecorder(steps, dtype) if record else None
-    model = build_mlp(width, num_classes, seed=seed, dtype=dtype,
-                      updates_per_batch=per_batch, recorder=recorder)
-    optimizer.build(model.trainable_variables)
-
-    # The progress bar shows the accuracy: the recorder's at the last step, or
-    # Keras's mean over the epoch (a metric computed only if shown).
-    metrics = ["accuracy"] if progress and recorder is None else []
-
-    def compile_model():
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                      jit_compile=jit_compile)
-
-    compile_model()
-    callbacks = [DynamicalLossScheduler(log_weights=False)]
-    probe = None
-    if probe_every:  # compiled into the training loop (InStepProbe)
-        from keras_dynloss.curvature import CurvatureProbe, InStepProbe
-
-        probe = CurvatureProbe((x, y), every_n_steps=probe_every, ntk=probe_ntk,
-                               lanczos_order=10, ntk_order=10)
-        in_step = InStepProbe(probe, capacity=steps // probe_every + 1)
-        in_step.build(model)
-        model.in_step_probe = in_step
-        callbacks.append(in_step)
-    callbacks.append(ProgressBar(steps, label=label, enabled=progress, recorder=recorder))
+    runner = build_runner(width=width, amplitude=amplitude, period=period, steps=steps, seed=seed,
+                          data_seed=data_seed, learning_rate=learning_rate, dtype=dtype, record=record,
+                          probe_every=probe_every, probe_ntk=probe_ntk, updates_per_batch=per_batch,
+                          jit_compile=jit_compile, loss=loss, accuracy_metric=progress and not record)
+    model, x, y, loss, recorder = runner.model, runner.x, runner.y, runner.loss, runner.recorder
+    probe = runner.in_step.probe if runner.in_step is not None else None
+    callbacks = runner.callbacks + [ProgressBar(steps, label=label, enabled=progress, recorder=recorder)]
     data = full_batch_dataset(x, y)
     fit = dict(callbacks=callbacks, verbose=0, shuffle=False)
     start = time.perf_counter()
@@ -328,7 +351,7 @@ def train_spiral(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
         epochs += 1
     if rest:  # a last, shorter batch: a new loop length, so compile anew
         model.updates_per_batch = rest
-        compile_model()
+        runner.compile()
         model.fit(data, epochs=epochs + 1, initial_epoch=epochs, steps_per_epoch=1, **fit)
     seconds = time.perf_counter() - start
     logits = model(x, training=False).numpy()
