@@ -1,96 +1,95 @@
 """The package's only reaches into private Keras / TensorFlow internals.
 
-Each function wraps one private API for which no public one exists (checked on
-TF 2.21 / Keras 3.15), says why, and is pinned by ``tests/test_compat.py`` so an
-upgrade that breaks it fails loudly there, not as a wrong result elsewhere.
-Append new functions at the end, each with its reason and its test.
+Each function wraps one private API for which no public one exists, says why, and is pinned
+by `tests/test_compat.py`, so that an upgrade that breaks it fails loudly there, not as a
+wrong result elsewhere. TensorFlow is imported only by the functions that need it.
 """
 
 import re
+import sys
 
-import tensorflow as tf
-
-# Private imports, each explained in the function that uses it.
-from keras.src.backend.common import symbolic_scope as _keras_symbolic_scope
-from tensorflow.python.ops import control_flow_util as _tf_control_flow_util
+import keras
 
 __all__ = []
 
 
 def in_xla_context():
-    """True while tracing inside ``tf.function(jit_compile=True)`` (or a function
-    it calls), False in eager mode and in a plain ``tf.function``.
+    """True while TensorFlow traces inside `tf.function(jit_compile=True)`.
 
-    Why private: TensorFlow has no public predicate for "this graph will be
-    compiled by XLA". The losses need it because XLA drops ``Assert`` ops and
-    clamps out-of-range gather indices, so label validation must take another
-    form there (mask + counter instead of an assertion). The only other route,
-    ``tf.__internal__.get_enclosing_xla_context``, is as private as this one.
+    Why private: TensorFlow has no public predicate for "this graph will be compiled by
+    XLA", and XLA drops `Assert` ops, so label validation must take another form there.
     """
-    graph = tf.compat.v1.get_default_graph()
-    return bool(_tf_control_flow_util.GraphOrParentsInXlaContext(graph))
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 def in_symbolic_scope():
-    """True while Keras traces a function on placeholders for shape inference
-    (``keras.SymbolicScope``, e.g. when ``compile`` builds the compiled loss
-    before any callback has run), False otherwise.
+    """True while Keras traces on placeholders for shape inference (`keras.SymbolicScope`,
+    e.g. when `compile` builds the compiled loss before any callback has run).
 
-    Why private: Keras exports the scope class (``keras.SymbolicScope``) but not
-    the predicate; ``keras.src.backend.common.symbolic_scope.in_symbolic_scope``
-    is the only way to ask. An unbound dynamical loss needs it to tell Keras's
-    shape-inference pass (any step will do) from a real call (which must raise).
+    Why private: Keras exports the scope class but not the predicate.
     """
-    return bool(_keras_symbolic_scope.in_symbolic_scope())
+    from keras.src.backend.common import symbolic_scope
+
+    return bool(symbolic_scope.in_symbolic_scope())
 
 
 def iter_layers(model):
-    """Every layer inside ``model`` (itself first), nested ones included.
+    """Every layer inside `model` (itself first), nested ones included.
 
-    Why private: Keras 3 has no public recursive walk over sublayers.
-    ``Model.layers`` lists only the direct children of a Sequential/Functional
-    model, and a custom ``Layer`` that owns sublayers exposes them nowhere
-    publicly. ``Layer._flatten_layers(include_self=True, recursive=True)`` is the
-    walk Keras itself uses (for weights and tracking). Curvature operators need
-    every layer to run a mixed-precision model in float32 (each layer's
-    ``dtype_policy``) and to name the layer that blocks a second derivative.
+    Why private: Keras 3 has no public recursive walk over sublayers; `Model.layers` lists
+    direct children only. Curvature products need every layer to run a mixed-precision
+    model in float32 and to name a layer that blocks a second derivative.
     """
     return list(model._flatten_layers(include_self=True, recursive=True))
 
 
-_NO_GRADIENT_PATTERNS = (
-    re.compile(r"gradient registry has no entry for: ?'?([A-Za-z0-9_]+)"),
-    re.compile(r"No gradient defined for operation.*?op type: ?'?([A-Za-z0-9_]+)"),
-)
+_NO_GRADIENT = (re.compile(r"gradient registry has no entry for: ?'?([A-Za-z0-9_]+)"),
+                re.compile(r"No gradient defined for operation.*?op type: ?'?([A-Za-z0-9_]+)"))
 
 
 def missing_gradient_op(error):
     """The TensorFlow op type named by a "no gradient registered" error, or None.
 
-    Why private (parsing TF error text): TensorFlow raises a bare
-    ``LookupError`` / ``StagingError`` when an op has no registered gradient
-    (e.g. ``ResizeBicubicGrad``, needed for a second derivative of bicubic
-    resizing) and exposes the op type nowhere but in the message. Curvature
-    operators read it to name the layer that cannot be differentiated twice.
+    Why private (TensorFlow's error text): the op type is in the message only.
     """
-    text = str(error)
-    for pattern in _NO_GRADIENT_PATTERNS:
-        found = pattern.search(text)
+    for pattern in _NO_GRADIENT:
+        found = pattern.search(str(error))
         if found:
             return found.group(1)
     return None
 
 
 def adam_second_moments(optimizer, variables):
-    """Adam/AdamW second-moment slots ``v`` (``v_hat`` with amsgrad), one per
-    variable of ``variables``, in that order.
+    """Adam/AdamW second-moment slots `v` (`v_hat` with amsgrad), one per variable.
 
-    Why private: Keras 3 keeps an optimizer's per-variable slots in private
-    lists (``Adam._velocities``, ``Adam._velocity_hats``) indexed by the private
-    ``_get_variable_index``; ``optimizer.variables`` lists them without saying
-    which model variable each belongs to. The curvature probe needs ``v`` to
-    build Adam's preconditioner ``P = diag(sqrt(v_hat) + eps_hat)`` for the
-    adaptive edge-of-stability ratio.
+    Why private: Keras keeps an optimizer's per-variable slots in private lists
+    (`_velocities`, `_velocity_hats`) indexed by the private `_get_variable_index`.
     """
     slots = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
     return [slots[optimizer._get_variable_index(v)] for v in variables]
+
+
+def sibling_callbacks(callback):
+    """The callbacks of the `fit` / `evaluate` call that is running `callback`, in order
+    (`callback` included), or [] when it is not called from a `CallbackList`.
+
+    Why private: a Keras callback cannot see the others of its call. The scheduler and the
+    probe need them to warn about callbacks that monitor the Γ-weighted `loss` and to write
+    step-keyed scalars into the `TensorBoard` callbacks' log directories. This walks up the
+    Python stack to the `CallbackList` that called the hook.
+    """
+    frame = sys._getframe(1)
+    for _ in range(8):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.callbacks.CallbackList):
+            if any(c is callback for c in owner.callbacks):
+                return list(owner.callbacks)
+        frame = frame.f_back
+    return []

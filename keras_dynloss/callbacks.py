@@ -1,141 +1,127 @@
-"""The callback that connects dynamical losses to ``model.fit``."""
+"""`DynamicalLossScheduler`: the callback that connects dynamical losses to `model.fit`."""
+
+import warnings
 
 import keras
-import tensorflow as tf
+import numpy as np
 
+from keras_dynloss import _compat, _tensorboard
 from keras_dynloss._checks import check_bool, check_int, invalid
-from keras_dynloss._scheduled import _ScheduledLoss
+from keras_dynloss.losses import _dynamical_losses, _DynamicalBase
 
 __all__ = ["DynamicalLossScheduler"]
 
 
 @keras.saving.register_keras_serializable(package="keras_dynloss")
 class DynamicalLossScheduler(keras.callbacks.Callback):
-    """Drives dynamical losses from the optimizer step and logs Γ each epoch.
+    """Drives the model's dynamical losses from the optimizer step, and logs Γ.
 
-    At the start of ``fit`` / ``evaluate`` it binds every dynamical loss of the
-    model (or the one given) to ``model.optimizer.iterations``. Γ(t) is then
-    computed *inside the compiled step* from the true optimizer step ``t``, so it
-    is exact with ``steps_per_execution > 1``, ``jit_compile``, distribution
-    strategies and ``BackupAndRestore``, and costs no per-batch Python call.
-    ``evaluate()`` uses Γ at the current step and never advances it.
+    At the start of `fit` / `evaluate` it binds every dynamical loss of the model (or the
+    one given) to the model's optimizer (`loss.bind(model)`): Γ(t) is then computed inside
+    the compiled step from `optimizer.iterations`, exact with `steps_per_execution`,
+    `jit_compile`, gradient accumulation, distribution strategies, `BackupAndRestore` and
+    `model.save`, with no per-batch Python. `evaluate` uses Γ at the current step and never
+    advances it.
 
-    At the end of each epoch it writes into ``logs``:
+    Logged, per epoch (in `History`, `CSVLogger`, `TensorBoard` and the progress bar, in any
+    callback order; prefixed by the loss name when a model has several dynamical losses):
 
-    * ``gamma_<i>``: Γ_i at the epoch's last training step, for each class i;
-    * ``emphasized_class``: the (lowest) emphasised class then, or -1 when Γ ≡ 1.
+    * `gamma_<i>_max`, `gamma_<i>_mean`: the largest and the mean Γ_i over the epoch's steps
+      (a value at one step would alias the schedule);
+    * `emphasized_class`: the class emphasised at the epoch's last step, -1 when Γ ≡ 1 (an
+      int; written at the epoch's end, so list this callback before `CSVLogger`).
 
-    With several dynamical losses (multi-output models) the keys are prefixed
-    by the loss name (``<name>_gamma_<i>``). Keras appends its ``History`` and
-    progress bar after user callbacks, so the values show in both; put this
-    callback *before* ``CSVLogger`` / ``TensorBoard`` in the list.
+    Per step, Γ_i(t) goes to TensorBoard as `gamma_<i>`, keyed by the optimizer step, every
+    `log_every_n_steps` steps, into every `keras.callbacks.TensorBoard` of the same call and
+    into `log_dir`.
+
+    `loss` and `val_loss` are Γ-weighted and oscillate by design: a callback that monitors
+    them (`EarlyStopping`, `ReduceLROnPlateau`, `ModelCheckpoint`) gets a warning at the start
+    of training; monitor a plain cross-entropy metric (`"val_ce"`) instead.
+
+    Invalid labels found where no assertion can run (XLA, JAX, PyTorch) raise at the end of
+    the epoch or of `evaluate` (`InvalidArgumentError` on TensorFlow, else `ValueError`).
 
     Args:
-        loss: the dynamical loss to drive; default: all dynamical losses found in
-            ``model.loss``.
-        period_epochs: if set, the period in epochs: at ``fit`` start each loss's
-            schedule is replaced by a copy (``schedule.with_period``, which keeps
-            a callable profile) whose period is ``period_epochs * steps_per_epoch
-            / N`` optimizer updates (``N = gradient_accumulation_steps``, else 1),
-            and the compiled train/test steps are traced anew.
-        steps_per_epoch: batches per epoch for ``period_epochs``, when ``fit``
-            cannot know it (a dataset of unknown length); it overrides fit's count.
-        log_weights: write Γ into ``logs``.
+        loss: the dynamical loss to drive; default: all dynamical losses of `model.loss`.
+        period_epochs: the period in epochs: each loss's schedule is replaced at `fit`
+            start by a copy whose period is `period_epochs * steps_per_epoch / N` updates
+            (`N = gradient_accumulation_steps`, else 1).
+        steps_per_epoch: batches per epoch for `period_epochs` when `fit` cannot know it.
+        log_weights: log the per-epoch Γ statistics and `emphasized_class`.
+        log_every_n_steps: TensorBoard resolution of Γ(t) in steps (default: a fiftieth of
+            the period, at least 1).
+        log_dir: also write the TensorBoard scalars into `<log_dir>/train`.
 
     Example:
-        >>> model.compile(optimizer="sgd",
-        ...               loss=DynamicalLoss(10, amplitude=10, period=1))
-        >>> model.fit(ds, epochs=30,
-        ...           callbacks=[DynamicalLossScheduler(period_epochs=2)])
+        >>> model.compile(optimizer="sgd", loss=DynamicalLoss(10, amplitude=10, period=1))
+        >>> model.fit(ds, epochs=30, callbacks=[DynamicalLossScheduler(period_epochs=2)])
     """
 
-    def __init__(self, loss=None, *, period_epochs=None, steps_per_epoch=None,
-                 log_weights=True):
+    def __init__(self, loss=None, *, period_epochs=None, steps_per_epoch=None, log_weights=True,
+                 log_every_n_steps=None, log_dir=None):
         super().__init__()
-        if loss is not None and not isinstance(loss, _ScheduledLoss):
+        if loss is not None and not isinstance(loss, _DynamicalBase):
             raise invalid("loss", "a keras_dynloss dynamical loss or None", loss)
         self.loss = loss
-        self.period_epochs = (
-            None if period_epochs is None
-            else check_int("period_epochs", period_epochs, minimum=1)
-        )
-        self.steps_per_epoch = (
-            None if steps_per_epoch is None
-            else check_int("steps_per_epoch", steps_per_epoch, minimum=1)
-        )
+        self.period_epochs = check_int("period_epochs", period_epochs, minimum=1, allow_none=True)
+        self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, minimum=1,
+                                         allow_none=True)
         self.log_weights = check_bool("log_weights", log_weights)
-        self._epoch = None  # the current epoch while fit runs
+        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, minimum=1,
+                                           allow_none=True)
+        self.log_dir = log_dir
+        self._in_fit = False
+        self._writer = None
+        self._written = -1
 
     def _losses(self):
         if self.loss is not None:
             return [self.loss]
-        found = [
-            l for l in tf.nest.flatten(getattr(self.model, "loss", None))
-            if isinstance(l, _ScheduledLoss)
-        ]
+        found = _dynamical_losses(self.model)
         if not found:
             raise ValueError(
-                "DynamicalLossScheduler found no dynamical loss in `model.loss`. "
-                f"Received: model.loss={getattr(self.model, 'loss', None)!r}. Compile "
-                "with a keras_dynloss loss or pass it as `DynamicalLossScheduler(loss)`."
-            )
+                "DynamicalLossScheduler found no dynamical loss in `model.loss`. Received: "
+                f"model.loss={getattr(self.model, 'loss', None)!r}. Compile with a "
+                "keras_dynloss loss or pass it as `DynamicalLossScheduler(loss)`.")
         return found
 
-    def _bind(self):
-        created = False
+    def _bind(self, phase):
+        new = False
         for loss in self._losses():
-            loss.bind(self.model)
-            if loss.invalid_label_counter is None:
-                with self.model.distribute_strategy.scope():
-                    loss.invalid_label_counter = tf.Variable(
-                        0, dtype=tf.int64, trainable=False,
-                        synchronization=tf.VariableSynchronization.ON_READ,
-                        aggregation=tf.VariableAggregation.SUM,
-                        name="invalid_label_count",
-                    )
-                created = True
-        if created:  # steps traced before had no counter to add to
+            if loss.state is None or loss._binding.model is not self.model:
+                loss.bind(self.model)
+                new = True
+            loss.state.phase = phase
+            if not self.log_weights:
+                loss.state.phase = "quiet" if phase == "train" else phase
+            if hasattr(loss.step, "sync"):
+                loss.step.sync()
+        if new:  # the compiled steps were traced without the loss's state
             self._retrace()
 
     def _retrace(self):
-        """Traces anew the compiled train and test steps already built: the
-        loss's counter and schedule (period, profile) are constants there.
-        (``predict`` never calls the loss, so its function is kept.)"""
-        for attr, make in (
-            ("train_function", "make_train_function"),
-            ("test_function", "make_test_function"),
-        ):
+        for attr, make in (("train_function", "make_train_function"),
+                           ("test_function", "make_test_function")):
             if getattr(self.model, attr, None) is not None:
                 getattr(self.model, make)(force=True)
 
     def _set_period_from_epochs(self):
         steps = self.steps_per_epoch or (self.params or {}).get("steps")
         if not steps:
-            raise ValueError(
-                "Invalid value for argument `steps_per_epoch`: expected the number of "
-                "optimizer steps per epoch, since `fit` does not know it for this "
-                f"dataset (period_epochs={self.period_epochs}). Received: "
-                f"steps_per_epoch={self.steps_per_epoch}"
-            )
-        # t counts optimizer updates: with gradient accumulation over N batches
-        # an epoch of `steps` batches is steps / N updates.
+            raise invalid("steps_per_epoch", "the number of batches per epoch, since `fit` does "
+                          f"not know it for this dataset (period_epochs={self.period_epochs})",
+                          self.steps_per_epoch)
         opt = self.model.optimizer
-        inner = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer
-        per_update = getattr(inner, "gradient_accumulation_steps", None) or 1
+        per_update = getattr(getattr(opt, "inner_optimizer", opt),
+                             "gradient_accumulation_steps", None) or 1
         if int(steps) % per_update:
-            raise invalid(
-                "steps_per_epoch",
-                f"a multiple of the optimizer's gradient_accumulation_steps="
-                f"{per_update} (period_epochs={self.period_epochs} must be a whole "
-                "number of updates)",
-                int(steps),
-            )
+            raise invalid("steps_per_epoch", "a multiple of the optimizer's "
+                          f"gradient_accumulation_steps={per_update}", int(steps))
         changed = False
         for loss in self._losses():
             period = self.period_epochs * int(steps) // per_update
             if loss.schedule.period != period:
-                # A new object (probes that traced the old one see the change),
-                # keeping the profile callable itself.
                 loss.schedule = loss.schedule.with_period(period)
                 changed = True
         if changed:  # the period is a constant of the traced steps
@@ -143,76 +129,105 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
 
     def _reset_label_counts(self):
         for loss in self._losses():
-            if loss.invalid_label_counter is not None:
-                loss.invalid_label_counter.assign(0)
+            loss.state.invalid_labels.assign(0)
 
     def _check_labels(self, where):
-        """Raises if the XLA-compiled steps counted invalid labels (see ``_labels``)."""
         for loss in self._losses():
-            counter = loss.invalid_label_counter
-            if counter is not None:
-                n = int(counter.numpy())
-                if n:
-                    counter.assign(0)
-                    raise tf.errors.InvalidArgumentError(
-                        None, None,
-                        f"Invalid value for argument `y_true`: expected integer class "
-                        f"labels in [0, {loss.num_classes}) for loss '{loss.name}'. "
-                        f"Received {n} labels outside that range during {where} (found "
-                        "by the XLA-compiled step, which gave those samples weight 0; "
-                        "the other samples were used).",
-                    )
+            state = loss.state
+            count = 0 if state is None else int(keras.ops.convert_to_numpy(state.invalid_labels))
+            if count:
+                state.invalid_labels.assign(0)
+                message = (f"Invalid value for argument `y_true`: expected integer class labels in "
+                           f"[0, {loss.num_classes}) or probabilities for loss '{loss.name}'. "
+                           f"Received {count} invalid labels during {where}; those samples got "
+                           "weight 0, the others were used.")
+                if keras.backend.backend() == "tensorflow":
+                    import tensorflow as tf
 
-    # -- hooks -------------------------------------------------------------
+                    raise tf.errors.InvalidArgumentError(None, None, message)
+                raise ValueError(message)
 
+    def _warn_about_siblings(self):
+        siblings = _compat.sibling_callbacks(self)
+        mine = next((i for i, c in enumerate(siblings) if c is self), 0)
+        for i, other in enumerate(siblings):
+            monitor = getattr(other, "monitor", None)
+            if monitor in ("loss", "val_loss"):
+                warnings.warn(
+                    f"{type(other).__name__} monitors {monitor!r}, the Γ-weighted dynamical loss, "
+                    "which rises and falls with Γ(t) by design. Monitor a plain cross-entropy "
+                    "metric instead, e.g. compile with metrics=[keras.metrics."
+                    "SparseCategoricalCrossentropy(from_logits=True, name='ce')] and monitor "
+                    "'val_ce'.", stacklevel=3)
+            if i < mine and self.log_weights and isinstance(other, keras.callbacks.CSVLogger):
+                warnings.warn("CSVLogger is listed before DynamicalLossScheduler, so its rows "
+                              "lack `emphasized_class`; list the scheduler first.", stacklevel=3)
+
+    def _write_tensorboard(self):
+        if not self._writer:
+            return
+        now = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        for loss in self._losses():
+            every = self.log_every_n_steps or max(1, loss.schedule.period // 50)
+            steps = np.arange((self._written // every + 1) * every, now, every)
+            prefix = f"{loss.name}_" if len(self._losses()) > 1 else ""
+            for step, gamma in zip(steps, loss.weights_at(steps) if steps.size else ()):
+                values = {f"{prefix}gamma_{i}": g for i, g in enumerate(gamma)}
+                emphasized = loss.schedule.emphasized_at(step)
+                values[f"{prefix}emphasized_class"] = emphasized[0] if emphasized.size else -1
+                self._writer.write(step, values)
+        self._written = now - 1
+        self._writer.flush()
+
+    # -- hooks ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        self._bind()
+        self._in_fit = True
+        self._bind("train")
         self._reset_label_counts()
-        self._epoch = None
         if self.period_epochs is not None:
             self._set_period_from_epochs()
+        self._warn_about_siblings()
+        self._writer = _tensorboard.ScalarWriter(_tensorboard.log_dirs(self, self.log_dir))
+        self._written = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+    def on_epoch_end(self, epoch, logs=None):
+        self._check_labels(f"training epoch {epoch + 1}")
+        self._write_tensorboard()
+        if not self.log_weights or logs is None:
+            return
+        last = max(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1, 0)
+        losses = self._losses()
+        for loss in losses:
+            prefix = f"{loss.name}_" if len(losses) > 1 else ""
+            emphasized = loss.schedule.emphasized_at(last)
+            logs[f"{prefix}emphasized_class"] = int(emphasized[0]) if emphasized.size else -1
 
     def on_test_begin(self, logs=None):
-        self._bind()
-        if self._epoch is None:  # a plain evaluate(): forget earlier, aborted runs
+        if not self._in_fit:
+            self._bind("test")
             self._reset_label_counts()
-        else:  # validation inside fit: the epoch's training steps are done
-            self._check_labels(f"training epoch {self._epoch + 1}")
+        else:
+            for loss in self._losses():
+                loss.state.phase = "test"
+                if hasattr(loss.step, "sync"):
+                    loss.step.sync()
 
     def on_test_end(self, logs=None):
         self._check_labels("evaluation")
+        for loss in self._losses():
+            loss.state.phase = "train" if self.log_weights else "quiet"
 
     def on_train_end(self, logs=None):
-        self._epoch = None
+        self._in_fit = False
         self._check_labels("training")
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._epoch = None
-        self._check_labels(f"training epoch {epoch + 1}")
-        if not self.log_weights or logs is None:
-            return
-        losses = self._losses()
-        last_step = max(int(self.model.optimizer.iterations.numpy()) - 1, 0)
-        for loss in losses:
-            prefix = f"{loss.name}_" if len(losses) > 1 else ""
-            gamma = loss.weights_at(last_step)
-            for i, g in enumerate(gamma):
-                logs[f"{prefix}gamma_{i}"] = float(g)
-            emphasized = loss.schedule.emphasized_at(last_step)
-            logs[f"{prefix}emphasized_class"] = (
-                int(emphasized[0]) if emphasized.size else -1
-            )
+        self._write_tensorboard()
+        if self._writer:
+            self._writer.close()
+        for loss in self._losses():
+            if hasattr(loss.step, "sync"):
+                loss.step.sync()
 
     def get_config(self):
-        return {
-            "period_epochs": self.period_epochs,
-            "steps_per_epoch": self.steps_per_epoch,
-            "log_weights": self.log_weights,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        return dict(period_epochs=self.period_epochs, steps_per_epoch=self.steps_per_epoch,
+                    log_weights=self.log_weights, log_every_n_steps=self.log_every_n_steps,
+                    log_dir=self.log_dir)

@@ -1,162 +1,201 @@
-"""Dynamical losses as pure per-sample functions of ``(y_true, y_pred, Γ)``.
+"""Dynamical losses as pure per-sample functions of `(y_true, y_pred, Γ)`, and label checks.
 
-Each function weights a per-sample loss by the class weights Γ (shape (C,)) and
-returns per-sample values (shape (B,)); :mod:`keras_dynloss.losses` composes them
-with a :class:`~keras_dynloss.schedules.ClassWeightSchedule` in
-``keras.losses.Loss`` subclasses. Under mixed precision they compute in float32.
-They are marked ``tf.autograph.experimental.do_not_convert`` (no tensor-dependent
-Python control flow; see :mod:`keras_dynloss.schedules`).
+Each function weights a per-sample loss by the class weights Γ (shape (C,)) and returns
+per-sample values (shape `y_pred.shape[:-1]`); `keras_dynloss.losses` composes them with a
+`ClassWeightSchedule` evaluated at the training step. Under mixed precision they compute in
+float32.
+
+Labels are never clamped silently. A sparse label must be an integer in `[0, C)`; dense
+targets must be probabilities (entries >= 0, each row summing to 1). An invalid sample:
+
+* on TensorFlow outside XLA raises `InvalidArgumentError` from an in-graph assertion,
+  before any weight changes;
+* elsewhere (XLA, JAX, PyTorch) gets loss and gradient exactly 0 and is counted in
+  `invalid_label_counter` (`DynamicalLossScheduler` raises at the end of the epoch); without
+  a counter its loss is NaN (with zero gradient), so it shows in the reported loss.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from keras_dynloss import _labels
+from keras_dynloss import _compat
 from keras_dynloss._checks import invalid
 
-__all__ = [
-    "dynamical_crossentropy",
-    "dynamical_mean_squared_error",
-    "dynamical_componentwise_mean_squared_error",
-]
+__all__ = ["dynamical_crossentropy", "dynamical_mean_squared_error",
+           "dynamical_componentwise_mean_squared_error"]
 
-
-_HALF = (tf.float16, tf.bfloat16)
+SPARSE, DENSE = "sparse", "dense"
 
 
 def prediction(y_pred):
-    """``y_pred`` as a tensor, float16/bfloat16 cast to float32: under mixed
-    precision the loss is computed in float32 (a Γ-weighted loss overflows
-    float16 from about 65504, and its log-probabilities lose precision)."""
-    y_pred = tf.convert_to_tensor(y_pred)
-    return tf.cast(y_pred, tf.float32) if y_pred.dtype in _HALF else y_pred
+    """`y_pred` as a tensor; float16/bfloat16 cast to float32 (a Γ-weighted loss
+    overflows float16, and its log-probabilities lose precision)."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    return ops.cast(y_pred, "float32") if y_pred.dtype in ("float16", "bfloat16") else y_pred
 
 
-def _class_weights(class_weights, y_pred):
-    class_weights = tf.cast(class_weights, y_pred.dtype)
-    if class_weights.shape.rank != 1 or class_weights.shape[0] is None:
-        raise invalid(
-            "class_weights",
-            "a vector of shape (C,) with C known",
-            f"<tensor of shape {class_weights.shape}>",
-        )
+def label_kind(y_true, y_pred, num_classes):
+    """SPARSE for labels of shape `y_pred.shape[:-1]` (or with a trailing 1), DENSE for
+    targets of `y_pred`'s shape; raises ValueError otherwise."""
+    pred, true = tuple(y_pred.shape), tuple(y_true.shape)
+    if len(pred) < 1 or pred[-1] not in (None, num_classes):
+        raise invalid("y_pred", f"a tensor of shape (..., {num_classes}) (one output per class)",
+                      f"<tensor of shape {pred}>")
+    if len(true) == len(pred) - 1 or (len(true) == len(pred) and true[-1] == 1):
+        kind, batch = SPARSE, true[:len(pred) - 1]
+    elif len(true) == len(pred) and true[-1] in (num_classes, None):
+        kind, batch = DENSE, true[:-1]
+    else:
+        kind, batch = None, None
+    if kind is None or not all(a is None or b is None or a == b for a, b in zip(batch, pred[:-1])):
+        raise invalid("y_true", f"integer labels of shape {pred[:-1]} or probabilities of shape "
+                      f"{pred}", f"<tensor of shape {true}>")
+    return kind
+
+
+def split_labels(y_true, y_pred, num_classes):
+    """`(kind, y, valid)`: y the int32 labels (invalid ones replaced by class 0, so every
+    kernel stays in bounds) or the float targets (invalid rows replaced by class 0's), and
+    the validity mask of shape `y_pred.shape[:-1]` for `guard`. On TensorFlow outside XLA, y
+    carries an assertion that every sample is valid (so the update depends on it) and
+    `valid` is None."""
+    y_true = ops.convert_to_tensor(y_true)
+    kind = label_kind(y_true, y_pred, num_classes)
+    if kind == SPARSE:
+        if len(y_true.shape) == len(y_pred.shape):
+            y_true = ops.squeeze(y_true, -1)
+        valid = (y_true >= 0) & (y_true < num_classes)
+        if "float" in str(y_true.dtype):  # NaN fails every comparison
+            valid = valid & (ops.floor(y_true) == y_true)
+        y = ops.cast(ops.where(valid, y_true, ops.zeros_like(y_true)), "int32")
+    else:
+        targets = ops.cast(y_true, y_pred.dtype)
+        tol = 1e-2 if y_true.dtype in ("float16", "bfloat16") else 1e-3
+        valid = ops.all(targets >= 0, axis=-1) & (ops.abs(ops.sum(targets, -1) - 1.0) <= tol)
+        fallback = ops.one_hot(ops.zeros_like(valid, "int32"), num_classes, dtype=targets.dtype)
+        y = ops.where(valid[..., None], targets, fallback)
+    if keras.backend.backend() == "tensorflow" and not _compat.in_xla_context():
+        return kind, _asserted(y, valid), None
+    return kind, y, valid
+
+
+def _asserted(y, valid):
+    """`y` after an assertion that every sample is valid (TensorFlow outside XLA)."""
+    import tensorflow as tf
+
+    # The raw op with constant data only: nothing is read from the device unless it fails.
+    check = tf.raw_ops.Assert(condition=tf.reduce_all(valid), data=[tf.constant(_MESSAGE)])
+    with tf.control_dependencies([check]):
+        return tf.identity(y)
+
+
+_MESSAGE = ("Invalid value for argument `y_true`: expected integer class labels in [0, C) or "
+            "probabilities (entries >= 0, rows summing to 1). Received a batch with at least "
+            "one invalid label.")
+
+
+def class_weight_of(kind, y, class_weights):
+    """Per-sample weight: `Γ_{y}` for labels, `Σ_i y_i Γ_i` for probabilities."""
+    if kind == SPARSE:
+        return ops.take(class_weights, y, axis=0)
+    return ops.sum(y * class_weights, axis=-1)
+
+
+def guard(values, valid, counter):
+    """Per-sample `values` with the invalid samples (`valid` False) set to 0 and counted in
+    `counter`, or to NaN without a counter; `valid=None` (asserted instead) leaves them."""
+    if valid is None:
+        return values
+    if counter is not None:
+        counter.assign_add(ops.cast(ops.sum(ops.cast(~valid, "int32")), counter.dtype))
+    fill = ops.zeros_like(values) if counter is not None else ops.full_like(values, float("nan"))
+    return ops.where(valid, values, fill)
+
+
+def _weights(class_weights, y_pred):
+    class_weights = ops.cast(class_weights, y_pred.dtype)
+    if len(class_weights.shape) != 1 or class_weights.shape[0] is None:
+        raise invalid("class_weights", "a vector of shape (C,) with C known",
+                      f"<tensor of shape {tuple(class_weights.shape)}>")
     return class_weights, int(class_weights.shape[0])
 
 
-def _squared_error_inputs(y_true, y_pred, class_weights, invalid_label_counter):
-    """``(y_pred, Γ, targets, labels, valid)`` for the squared-error losses: the
-    prediction and Γ in the compute dtype, float targets (B, C), and the checked
-    sparse labels (B,) and validity mask, or None for one-hot ``y_true``."""
-    y_pred = prediction(y_pred)
-    class_weights, num_classes = _class_weights(class_weights, y_pred)
-    targets, labels, valid = _labels.one_hot_targets(
-        y_true, y_pred, num_classes, invalid_label_counter
-    )
-    return y_pred, class_weights, targets, labels, valid
+def dynamical_crossentropy(y_true, y_pred, class_weights, *, from_logits=False,
+                           invalid_label_counter=None):
+    """Per-sample class-weighted cross-entropy `Γ_{y_μ} · (-log softmax(f(x_μ))_{y_μ})`.
 
-
-@tf.autograph.experimental.do_not_convert
-def dynamical_crossentropy(
-    y_true, y_pred, class_weights, *, from_logits=False, invalid_label_counter=None
-):
-    """Per-sample class-weighted cross-entropy ``Γ_{y_μ} · (-log softmax(f(x_μ))_{y_μ})``.
-
-    Averaged over the batch this is the paper's dynamical loss
-    ``F = -(1/P) Σ_μ Γ_{y_μ} log p_{y_μ}``. For one-hot or soft targets the sample
-    weight is ``Σ_i y_μi Γ_i`` (equal to ``Γ_{y_μ}`` for one-hot).
+    Averaged over the batch this is the paper's `F = -(1/P) Σ_μ Γ_{y_μ} log p_{y_μ}`. For
+    probabilities `y_μ` the weight is `Σ_i y_μi Γ_i` (equal to `Γ_{y_μ}` for one-hot).
 
     Args:
-        y_true: integer labels, shape (B,) or (B, 1), or one-hot targets (B, C).
+        y_true: integer labels (B,) or (B, 1), or probabilities (B, C).
         y_pred: logits or probabilities, shape (B, C).
         class_weights: Γ, shape (C,).
-        from_logits: whether ``y_pred`` holds logits.
-        invalid_label_counter: optional int64 variable incremented by the number
-            of invalid labels under XLA, where in-graph assertions are dropped.
-            Outside XLA an invalid label raises ``tf.errors.InvalidArgumentError``
-            at once. Under XLA an invalid sample's loss and gradient are 0 when
-            the counter is given (the batch's valid samples still train; the
-            mean still divides by the whole batch), NaN (with zero gradient)
-            when it is not.
+        from_logits: whether `y_pred` holds logits.
+        invalid_label_counter: an integer variable counting invalid labels where no
+            assertion can run (see the module docstring), or None.
 
     Returns:
-        Per-sample losses, shape (B,); computed in float32 when ``y_pred`` is
-        float16/bfloat16 (mixed precision), else in ``y_pred``'s dtype.
+        Per-sample losses, shape (B,): float32 for half-precision `y_pred`, else its dtype.
 
     Example:
         >>> dynamical_crossentropy([0, 2], [[2., 0., 0.], [0., 0., 2.]],
         ...                        [2.917, 0.042, 0.042], from_logits=True)
     """
     y_pred = prediction(y_pred)
-    class_weights, num_classes = _class_weights(class_weights, y_pred)
-    y_true = tf.convert_to_tensor(y_true)
-    if _labels.label_kind(y_true, y_pred, num_classes) == _labels.SPARSE:
-        labels, valid = _labels.checked_sparse_labels(
-            y_true, y_pred, num_classes, invalid_label_counter
-        )
-        ce = keras.losses.sparse_categorical_crossentropy(
-            labels, y_pred, from_logits=from_logits
-        )
-        weights = tf.gather(class_weights, labels)
+    class_weights, num_classes = _weights(class_weights, y_pred)
+    kind, y, valid = split_labels(y_true, y_pred, num_classes)
+    if kind == SPARSE:
+        ce = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=from_logits)
     else:
-        targets = tf.cast(y_true, y_pred.dtype)
-        ce = keras.losses.categorical_crossentropy(
-            targets, y_pred, from_logits=from_logits
-        )
-        weights = tf.linalg.matvec(targets, class_weights)
-        valid = None
-    return _labels.mask_invalid(weights * ce, valid, invalid_label_counter)
+        ce = keras.losses.categorical_crossentropy(y, y_pred, from_logits=from_logits)
+    return guard(class_weight_of(kind, y, class_weights) * ce, valid, invalid_label_counter)
 
 
-@tf.autograph.experimental.do_not_convert
-def dynamical_mean_squared_error(
-    y_true, y_pred, class_weights, *, invalid_label_counter=None
-):
-    """Per-sample weighted MSE ``Γ_{y_μ} · (1/C) Σ_i (y_μi - f_μi)²`` (DMSE, per sample).
+def _squared_errors(y_true, y_pred, class_weights):
+    y_pred = prediction(y_pred)
+    class_weights, num_classes = _weights(class_weights, y_pred)
+    kind, y, valid = split_labels(y_true, y_pred, num_classes)
+    targets = ops.one_hot(y, num_classes, dtype=y_pred.dtype) if kind == SPARSE else y
+    return kind, y, valid, class_weights, ops.square(targets - y_pred)
 
-    The first dynamical MSE of Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690):
-    each sample's squared error is weighted by its class's Γ.
+
+def dynamical_mean_squared_error(y_true, y_pred, class_weights, *, invalid_label_counter=None):
+    """Per-sample weighted MSE `Γ_{y_μ} · (1/C) Σ_i (y_μi - f_μi)²` (arXiv 2410.10690).
 
     Args:
-        y_true: integer labels (B,) / (B, 1) (one-hot targets are built) or
-            one-hot targets (B, C) (sample weight ``Σ_i y_μi Γ_i``).
-        y_pred: network outputs, shape (B, C).
+        y_true: integer labels (B,) / (B, 1) (one-hot targets are built from them) or
+            probabilities (B, C) (sample weight `Σ_i y_μi Γ_i`).
+        y_pred: outputs, shape (B, C).
         class_weights: Γ, shape (C,).
-        invalid_label_counter: as for :func:`dynamical_crossentropy`.
+        invalid_label_counter: as for `dynamical_crossentropy`.
 
     Returns:
-        Per-sample losses, shape (B,) (float32 for float16/bfloat16 ``y_pred``).
+        Per-sample losses, shape (B,).
+
+    Example:
+        >>> dynamical_mean_squared_error([1], [[0.1, 0.8, 0.1]], [0.5, 2.0, 0.5])
     """
-    y_pred, class_weights, targets, labels, valid = _squared_error_inputs(
-        y_true, y_pred, class_weights, invalid_label_counter
-    )
-    if labels is not None:
-        weights = tf.gather(class_weights, labels)
-    else:
-        weights = tf.linalg.matvec(targets, class_weights)
-    mse = tf.reduce_mean(tf.square(targets - y_pred), axis=-1)
-    return _labels.mask_invalid(weights * mse, valid, invalid_label_counter)
+    kind, y, valid, class_weights, errors = _squared_errors(y_true, y_pred, class_weights)
+    values = class_weight_of(kind, y, class_weights) * ops.mean(errors, axis=-1)
+    return guard(values, valid, invalid_label_counter)
 
 
-@tf.autograph.experimental.do_not_convert
-def dynamical_componentwise_mean_squared_error(
-    y_true, y_pred, class_weights, *, invalid_label_counter=None
-):
-    """Component-weighted MSE ``(1/C) Σ_i Γ_i (y_μi - f_μi)²`` (DMSE, per output).
-
-    The second dynamical MSE of arXiv 2410.10690: output component ``i`` of every
-    sample is weighted by ``Γ_i``.
+def dynamical_componentwise_mean_squared_error(y_true, y_pred, class_weights, *,
+                                               invalid_label_counter=None):
+    """Component-weighted MSE `(1/C) Σ_i Γ_i (y_μi - f_μi)²` (arXiv 2410.10690).
 
     Args:
-        y_true: integer labels (B,) / (B, 1) or one-hot targets (B, C).
-        y_pred: network outputs, shape (B, C).
+        y_true: integer labels (B,) / (B, 1) or probabilities (B, C).
+        y_pred: outputs, shape (B, C).
         class_weights: Γ, shape (C,).
-        invalid_label_counter: as for :func:`dynamical_crossentropy`.
+        invalid_label_counter: as for `dynamical_crossentropy`.
 
     Returns:
-        Per-sample losses, shape (B,) (float32 for float16/bfloat16 ``y_pred``).
+        Per-sample losses, shape (B,).
+
+    Example:
+        >>> dynamical_componentwise_mean_squared_error([1], [[0.1, 0.8, 0.1]], [0.5, 2.0, 0.5])
     """
-    y_pred, class_weights, targets, _, valid = _squared_error_inputs(
-        y_true, y_pred, class_weights, invalid_label_counter
-    )
-    mse = tf.reduce_mean(class_weights * tf.square(targets - y_pred), axis=-1)
-    return _labels.mask_invalid(mse, valid, invalid_label_counter)
+    _, _, valid, class_weights, errors = _squared_errors(y_true, y_pred, class_weights)
+    return guard(ops.mean(class_weights * errors, axis=-1), valid, invalid_label_counter)

@@ -1,4 +1,9 @@
-"""Shared fixtures: quiet TensorFlow, the spiral data, tiny models, a NumPy Γ(t)."""
+"""Shared fixtures and the backend split of the suite.
+
+`pytest` runs everything under Keras's TensorFlow backend. `KERAS_BACKEND=jax pytest` and
+`KERAS_BACKEND=torch pytest` run the tests marked `multi_backend` (the others are
+deselected: they exercise TensorFlow-only paths such as tf.distribute or XLA label checks).
+"""
 
 import os
 
@@ -8,13 +13,49 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+BACKEND = keras.backend.backend()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "multi_backend: runs under every Keras backend")
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "tensorflow":
+        return
+    keep = [item for item in items if item.get_closest_marker("multi_backend")]
+    dropped = [item for item in items if not item.get_closest_marker("multi_backend")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
+
+
+@pytest.fixture
+def float64():
+    """Float64 arithmetic for the test: under JAX, `jax_enable_x64` while it runs."""
+    if BACKEND != "jax":
+        yield
+        return
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
 
 def numpy_gamma(t, num_classes, amplitude, period, shape="triangular", normalize=True,
-                static_after=None, groups=None):
-    """Independent NumPy re-derivation of the paper's Γ(t) (cyclic order)."""
+                static_after=None, start_after=None, groups=None):
+    """Independent NumPy re-derivation of the paper's Γ(t) (cyclic order by default)."""
     t = int(t)
     if static_after is not None and t >= static_after:
         return np.ones(num_classes)
+    if start_after is not None:
+        if t < start_after:
+            return np.ones(num_classes)
+        t -= start_after
     k, phase = divmod(t, period)
     phase = phase / period
     h = {"triangular": 1 - abs(2 * phase - 1), "sine": np.sin(np.pi * phase), "square": 1.0}[shape]
@@ -26,45 +67,11 @@ def numpy_gamma(t, num_classes, amplitude, period, shape="triangular", normalize
 
 
 def numpy_crossentropy(labels, logits):
+    """Per-sample cross-entropy of integer labels and logits, in float64."""
     logits = np.asarray(logits, np.float64)
     z = logits - logits.max(-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     return -logp[np.arange(len(labels)), labels]
-
-
-def explicit_hessian(model, loss, x, y):
-    """Dense Hessian via tape.jacobian of the gradient (independent of the HVP operators)."""
-    import tensorflow as tf
-
-    variables = model.trainable_variables
-    with tf.GradientTape() as outer:
-        with tf.GradientTape() as inner:
-            value = loss(y, model(x, training=False))
-        grads = inner.gradient(value, variables)
-        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
-    jac = outer.jacobian(flat, variables)
-    n = int(flat.shape[0])
-    h = np.concatenate([tf.reshape(j, [n, -1]).numpy() for j in jac], axis=1).astype(np.float64)
-    return 0.5 * (h + h.T)
-
-
-def columns_in_one_loop(linearized_matvec, size, dtype, jit):
-    """Dense `A` (float64 NumPy): every column `A e_i` from one call of
-    `linearized_matvec() -> matvec`, inside one compiled `tf.while_loop`."""
-    import tensorflow as tf
-
-    @tf.function(jit_compile=jit)
-    def columns():
-        matvec = linearized_matvec()
-        eye = tf.eye(size, dtype=dtype)
-
-        def body(i, cols):
-            return i + 1, cols.write(i, matvec(eye[i]))
-
-        _, cols = tf.while_loop(lambda i, _: i < size, body, (0, tf.TensorArray(dtype, size=size)))
-        return cols.stack()
-
-    return columns().numpy().T
 
 
 @pytest.fixture(scope="session")
@@ -81,10 +88,42 @@ def spiral():
     return np.concatenate(xs).astype("float32"), np.concatenate(ys).astype("int32")
 
 
-def tiny_mlp(width=8, num_classes=3, seed=0, inputs=2):
+def tiny_mlp(width=8, num_classes=3, seed=0, inputs=2, dtype=None):
+    """Dense(width)-ReLU-Dense(num_classes), seeded."""
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
-        keras.Input((inputs,)),
-        keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(num_classes),
+        keras.Input((inputs,), dtype=dtype),
+        keras.layers.Dense(width, activation="relu", dtype=dtype),
+        keras.layers.Dense(num_classes, dtype=dtype),
     ])
+
+
+def numpy_gd(weights, x, y, steps, lr, gamma_at, *, weight=None, dtype="float64"):
+    """Full-batch gradient descent on Dense-ReLU-Dense with the Γ-weighted softmax
+    cross-entropy `(1/N) Σ_μ w_μ Γ_{y_μ}(t) CE_μ`, back-propagated by hand in NumPy.
+
+    Args:
+        weights: [W1 (d, h), b1 (h,), W2 (h, C), b2 (C,)] (e.g. `model.get_weights()`).
+        gamma_at: `t -> Γ(t)`, shape (C,).
+        weight: per-sample weights w_μ (class weights, 0 for invalid samples), or None.
+    Returns:
+        The weights after `steps` updates, same layout.
+    """
+    w1, b1, w2, b2 = [np.array(w, dtype) for w in weights]
+    x = np.asarray(x, dtype)
+    y = np.asarray(y).astype(int)
+    n = len(x)
+    one_hot = np.eye(w2.shape[1], dtype=dtype)[y]
+    sample = np.ones(n, dtype) if weight is None else np.asarray(weight, dtype)
+    for t in range(steps):
+        scale = np.asarray(gamma_at(t), dtype)[y] * sample / n
+        pre = x @ w1 + b1
+        h = np.maximum(pre, 0)
+        z = h @ w2 + b2
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        dz = (p - one_hot) * scale[:, None]
+        dh = (dz @ w2.T) * (pre > 0)
+        w2, b2 = w2 - lr * h.T @ dz, b2 - lr * dz.sum(0)
+        w1, b1 = w1 - lr * x.T @ dh, b1 - lr * dh.sum(0)
+    return [w1, b1, w2, b2]
