@@ -6,22 +6,31 @@ Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690).
 """
 
 import importlib
+import os
+import sys
 
-from keras_dynloss import datasets
-from keras_dynloss.callbacks import DynamicalLossScheduler
-from keras_dynloss.loss_functions import (
+# The command line (`python -m keras_dynloss`, `keras-dynloss`) hides TensorFlow's INFO and
+# WARNING logs unless the user chose a level; the variable counts only before TensorFlow loads.
+if "TF_CPP_MIN_LOG_LEVEL" not in os.environ and (
+        os.path.basename(sys.argv[0] if sys.argv else "").startswith("keras-dynloss")
+        or list(getattr(sys, "orig_argv", []))[1:3] == ["-m", "keras_dynloss"]):
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+
+from keras_dynloss import datasets  # noqa: E402
+from keras_dynloss.callbacks import DynamicalLossScheduler  # noqa: E402
+from keras_dynloss.loss_functions import (  # noqa: E402
     dynamical_componentwise_mean_squared_error,
     dynamical_crossentropy,
     dynamical_mean_squared_error,
 )
-from keras_dynloss.losses import (
+from keras_dynloss.losses import (  # noqa: E402
     Dynamical,
     DynamicalComponentwiseMeanSquaredError,
     DynamicalLoss,
     DynamicalMeanSquaredError,
     dynamical,
 )
-from keras_dynloss.schedules import ClassWeightSchedule
+from keras_dynloss.schedules import ClassWeightSchedule  # noqa: E402
 
 __version__ = "0.2.0"
 

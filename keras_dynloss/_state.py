@@ -40,6 +40,18 @@ class OptimizerStep:
         return ops.convert_to_tensor(self.optimizer.iterations)
 
 
+class VariableStep:
+    """An integer variable of the user's (e.g. a custom loop's own step), read at each call."""
+
+    __slots__ = ("variable",)
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def read(self):
+        return ops.convert_to_tensor(self.variable)
+
+
 class MirrorStep:
     """The JAX step mirror of a `DynamicalLossState` (kept in sync by `install`)."""
 

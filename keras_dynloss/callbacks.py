@@ -231,3 +231,7 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
         return dict(period_epochs=self.period_epochs, steps_per_epoch=self.steps_per_epoch,
                     log_weights=self.log_weights, log_every_n_steps=self.log_every_n_steps,
                     log_dir=self.log_dir)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from keras_dynloss._checks import check_int, invalid
-from keras_dynloss.losses import _ScheduledLoss
+from keras_dynloss.losses import _DynamicalBase
 
 __all__ = ["check_fit_strategy", "compute_average_loss"]
 
@@ -71,7 +71,7 @@ def compute_average_loss(loss, y_true, y_pred, *, global_batch_size, sample_weig
         ...     optimizer.apply_gradients(zip(grads, model.trainable_variables))
         >>> strategy.run(step_fn, args=next(iterator))
     """
-    if not isinstance(loss, _ScheduledLoss):
+    if not isinstance(loss, _DynamicalBase):
         raise invalid("loss", "a keras_dynloss dynamical loss", loss)
     if loss.reduction != "none":
         raise invalid(

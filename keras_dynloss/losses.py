@@ -63,8 +63,8 @@ class _DynamicalBase(keras.losses.Loss):
         Args:
             source: a compiled `keras.Model` (its optimizer; also attaches the state that
                 counts invalid labels and logs Γ, see `DynamicalLossScheduler`), a
-                `keras.optimizers.Optimizer` (custom loops on TensorFlow / PyTorch), a
-                non-negative int (a fixed step), or None (unbind).
+                `keras.optimizers.Optimizer` (custom loops on TensorFlow / PyTorch), an
+                integer variable, a non-negative int (a fixed step), or None (unbind).
         """
         if isinstance(source, keras.Model):
             if getattr(source, "optimizer", None) is None:
@@ -72,12 +72,14 @@ class _DynamicalBase(keras.losses.Loss):
             self._bind_model(source)
         elif isinstance(source, keras.optimizers.Optimizer):
             self._binding = _Binding(_state.OptimizerStep(source))
+        elif hasattr(source, "assign") and "int" in str(getattr(source, "dtype", "")):
+            self._binding = _Binding(_state.VariableStep(source))
         elif source is None or (isinstance(source, int) and not isinstance(source, bool)
                                 and source >= 0):
             self._binding = _Binding(source)
         else:
-            raise invalid("source", "a compiled keras.Model, a keras Optimizer, a non-negative "
-                          "int or None", source)
+            raise invalid("source", "a compiled keras.Model, a keras Optimizer, an integer "
+                          "variable, a non-negative int or None", source)
         return self
 
     def _bind_model(self, model):
@@ -124,7 +126,7 @@ class _DynamicalBase(keras.losses.Loss):
                 self._warned = True
                 warnings.warn(
                     f"{type(self).__name__} '{self.name}' follows no training step, so it uses "
-                    f"Γ(0) = {self.weights_at(0).round(4).tolist()} at every call. Pass "
+                    "Γ at step 0 at every call. Pass "
                     "`callbacks=[keras_dynloss.DynamicalLossScheduler()]` to `fit` and "
                     "`evaluate`, or call `loss.bind(model)` after `compile`.", stacklevel=3)
             return ops.convert_to_tensor(0, "int32")

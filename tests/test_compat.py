@@ -4,9 +4,14 @@ If an upgrade breaks one, these fail loudly (instead of label checks or unbound
 losses silently misbehaving)."""
 
 import keras
-import tensorflow as tf
+import numpy as np
+import pytest
 
+from conftest import BACKEND
 from keras_dynloss import _compat
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
 
 
 def test_in_xla_context():
@@ -72,3 +77,48 @@ def test_missing_gradient_op_reads_the_op_type_from_tensorflow_errors():
     else:
         raise AssertionError("TensorFlow now differentiates bicubic resizing twice")
     assert _compat.missing_gradient_op(ValueError("shapes do not match")) is None
+
+
+@pytest.mark.multi_backend
+def test_iter_layers_walks_nested_layers():
+    inner = keras.Sequential([keras.layers.Dense(2, name="deep")], name="inner")
+    model = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(1, name="top")])
+    names = [layer.name for layer in _compat.iter_layers(model)]
+    assert names[0] == model.name and {"inner", "deep", "top"} <= set(names)
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_second_moments_are_the_slots_of_each_variable(amsgrad):
+    """After one update `v = (1 - beta_2) g^2`, g the NumPy gradient of the variable."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(1)])
+    opt = keras.optimizers.Adam(0.1, beta_2=0.9, amsgrad=amsgrad)
+    model.compile(optimizer=opt, loss="mse")
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    y = np.zeros((4, 1), "float32")
+    w1, b1, w2, b2 = model.get_weights()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    h = x @ w1 + b1
+    d_out = 2 * (h @ w2 + b2 - y) / y.size
+    grads = [x.T @ (d_out @ w2.T), (d_out @ w2.T).sum(0), h.T @ d_out, d_out.sum(0)]
+    slots = _compat.adam_second_moments(opt, model.trainable_variables[::-1])
+    for slot, g in zip(slots, grads[::-1]):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(slot), 0.1 * g**2, rtol=1e-4,
+                                   atol=1e-9)
+
+
+@pytest.mark.multi_backend
+def test_sibling_callbacks_sees_the_fit_call():
+    seen = {}
+
+    class Look(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["list"] = _compat.sibling_callbacks(self)
+
+    look, stop = Look(), keras.callbacks.EarlyStopping(monitor="loss")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0, callbacks=[stop, look])
+    assert seen["list"][:2] == [stop, look]
+    assert any(isinstance(c, keras.callbacks.History) for c in seen["list"])
+    assert _compat.sibling_callbacks(look) == []
