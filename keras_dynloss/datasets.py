@@ -1,54 +1,40 @@
-"""Datasets for the paper's experiments: the spiral, Fashion-MNIST, digits, TFDS.
+"""Datasets of the paper's experiments: the spiral, Fashion-MNIST, digits, TFDS.
 
-* :func:`spiral`: the authors' 2-d spiral, reproduced bit for bit (same NumPy
-  global-RNG calls in the same order).
-* :func:`fashion_mnist`: offline, from the IDX files of Debian's
-  ``dataset-fashion-mnist`` package (or any folder holding the four IDX files,
-  gzipped or not), parsed with NumPy.
-* :func:`digits`: scikit-learn's 8x8 digits (``pip install "keras_dynloss[datasets]"``).
-* :func:`tfds_dataset`: any TensorFlow Datasets dataset as NumPy arrays
-  (``pip install "keras_dynloss[datasets]"``).
+* `spiral`: the authors' 2-d spiral, bit for bit (the same NumPy global-RNG calls in the same
+  order).
+* `fashion_mnist`: from Keras's cache or download, Debian's IDX files, or TFDS, whichever
+  works first.
+* `digits`: scikit-learn's 8x8 digits (`pip install "keras_dynloss[datasets]"`).
+* `tfds_dataset`: any TensorFlow Datasets set as NumPy arrays (same extra).
 
-All loaders return NumPy arrays ``(x, y)``: ``x`` float32 (scaled to [0, 1] for
-images; ``spiral(dtype="float64")`` for float64 points), ``y`` int32 class labels.
+Every loader returns NumPy arrays `(x, y)`: `x` float32 (images scaled to [0, 1]; the spiral
+also in float64), `y` int32 class labels.
 """
 
 import gzip
 import os
+import socket
 
 import numpy as np
 
-from keras_dynloss._checks import check_int, check_number, invalid
+from keras_dynloss._checks import check_choice, check_int, check_number, invalid
 
-__all__ = [
-    "spiral",
-    "fashion_mnist",
-    "digits",
-    "tfds_dataset",
-    "subsample",
-    "FASHION_MNIST_DIRS",
-    "FASHION_MNIST_CLASSES",
-]
+__all__ = ["spiral", "fashion_mnist", "read_idx", "subsample", "digits", "tfds_dataset",
+           "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIRS", "FASHION_MNIST_SOURCES"]
 
-#: Folders searched by :func:`fashion_mnist` (after ``$KERAS_DYNLOSS_FASHION_MNIST``).
-FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
 _DATASETS_EXTRA = 'pip install "keras_dynloss[datasets]"'
 
 
 def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0, *,
            dtype="float32"):
-    """The authors' spiral: ``C`` noisy arms of ``N`` points in the plane.
+    """The authors' spiral: `C` noisy arms of `N` points in the plane.
 
-    For arm ``j``: ``r = linspace(0, 1, N)``,
-    ``θ = linspace(2πj/C, 2πj/C + revolutions·π, N) + noise · randn(N)``,
-    points ``(r cos θ, r sin θ)`` with label ``j``. The noise is drawn after
-    ``np.random.seed(seed)`` from NumPy's global generator, arm after arm, exactly
+    For arm `j`: `r = linspace(0, 1, N)`,
+    `θ = linspace(2πj/C, 2πj/C + revolutions·π, N) + noise · randn(N)`,
+    points `(r cos θ, r sin θ)` with label `j`. The noise is drawn after
+    `np.random.seed(seed)` from NumPy's global generator, arm after arm, exactly
     as in the authors' code, so the points are identical to theirs (the global
     NumPy RNG state is changed, as theirs is).
 
@@ -57,14 +43,14 @@ def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0
         num_classes: C, number of arms (>= 2).
         revolutions: angle span of each arm in units of π (the paper's 4).
         noise: standard deviation of the angular noise (>= 0).
-        seed: seed passed to ``np.random.seed``.
-        dtype: ``"float32"`` or ``"float64"``, the dtype of ``x``. The points are
+        seed: seed passed to `np.random.seed`.
+        dtype: `"float32"` or `"float64"`, the dtype of `x`. The points are
             always computed in float64 (as the authors' code does) and then cast,
-            so ``dtype="float64"`` gives the authors' points exactly.
+            so `dtype="float64"` gives the authors' points exactly.
 
     Returns:
-        ``(x, y)``: ``x`` of ``dtype`` and shape ``(N·C, 2)``, ``y`` int32 of
-        shape ``(N·C,)``, arm by arm.
+        `(x, y)`: `x` of `dtype` and shape `(N·C, 2)`, `y` int32 of
+        shape `(N·C,)`, arm by arm.
 
     Example:
         >>> x, y = spiral(dtype="float64")
@@ -76,11 +62,7 @@ def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0
     revolutions = check_number("revolutions", revolutions, minimum=0)
     noise = check_number("noise", noise, minimum=0)
     seed = check_int("seed", seed, minimum=0)
-    try:
-        out_dtype = None if dtype is None else np.dtype(dtype)
-    except TypeError:
-        out_dtype = None
-    if out_dtype not in (np.float32, np.float64):
+    if str(dtype) not in ("float32", "float64") and dtype not in (np.float32, np.float64):
         raise invalid("dtype", "'float32' or 'float64'", dtype)
     np.random.seed(seed)
     x = np.zeros((n * c, 2))
@@ -94,117 +76,158 @@ def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0
         )
         x[ix] = np.c_[r * np.cos(t), r * np.sin(t)]
         y[ix] = j
-    return x.astype(out_dtype), y
+    return x.astype(dtype), y
 
 
-# -- Fashion-MNIST from IDX files ------------------------------------------
+# -- Fashion-MNIST -----------------------------------------------------------------------
 
-_IDX_TYPES = {
-    0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8",
-}
+#: Where `fashion_mnist` looks for IDX files (after `$KERAS_DYNLOSS_FASHION_MNIST`):
+#: Debian's `dataset-fashion-mnist` package.
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+#: The sources of `fashion_mnist`, in the order "auto" tries them.
+FASHION_MNIST_SOURCES = ("keras", "idx", "tfds")
+_KERAS_ORIGIN = ("storage.googleapis.com", 443)
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+              0x0E: ">f8"}
 
 
 def read_idx(path):
-    """Reads an IDX file (``.gz`` or plain) into a NumPy array.
-
-    Args:
-        path: file path; gzip is detected from the magic bytes, not the name.
+    """An IDX file (gzipped or not, told by its magic bytes) as a NumPy array.
 
     Returns:
-        An array of the file's type and shape (e.g. uint8 ``(60000, 28, 28)``).
+        An array of the file's type and shape, e.g. uint8 (60000, 28, 28).
     """
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r}).")
-    dtype = np.dtype(_IDX_TYPES[data[2]])
-    ndim = data[3]
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_TYPES:
+        raise ValueError(f"{path} is not an IDX file (magic number {data[:4]!r}).")
+    dtype, ndim = np.dtype(_IDX_TYPES[data[2]]), data[3]
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    offset = 4 + 4 * ndim
-    count = int(np.prod(shape)) if shape else 1
-    if len(data) - offset < count * dtype.itemsize:
+    count = int(np.prod(shape))
+    if len(data) - 4 - 4 * ndim < count * dtype.itemsize:
         raise ValueError(f"{path} is truncated: expected {count} items of shape {shape}.")
-    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape).astype(
-        dtype.newbyteorder("=")
-    )
+    array = np.frombuffer(data, dtype, count=count, offset=4 + 4 * ndim).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))
 
 
-def _find_idx(directory, stem):
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"),
-                 stem.replace("-idx", ".idx") + ".gz"):
-        path = os.path.join(directory, name)
+def _from_keras(split):
+    """`keras.datasets.fashion_mnist`: Keras's cached copy, else a download (only where the
+    download host answers, so that an offline machine does not wait)."""
+    import keras
+
+    home = os.environ.get("KERAS_HOME", os.path.expanduser(os.path.join("~", ".keras")))
+    if not os.path.isdir(os.path.join(home, "datasets", "fashion-mnist")):
+        socket.create_connection(_KERAS_ORIGIN, timeout=5).close()
+    train, test = keras.datasets.fashion_mnist.load_data()
+    return train if split == "train" else test
+
+
+def _idx_file(folder, stem):
+    for path in (os.path.join(folder, stem), os.path.join(folder, stem + ".gz")):
         if os.path.exists(path):
             return path
     return None
 
 
-def fashion_mnist(split="train", *, directory=None, num_samples=None, seed=0,
-                  flatten=False):
-    """Fashion-MNIST from local IDX files (no download).
+def _from_idx(split, directory=None):
+    prefix = "train" if split == "train" else "t10k"
+    env = os.environ.get("KERAS_DYNLOSS_FASHION_MNIST")
+    folders = [directory] if directory else ([env] if env else []) + list(FASHION_MNIST_DIRS)
+    for folder in folders:
+        images = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
+        labels = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+        if images and labels:
+            x, y = read_idx(images), read_idx(labels)
+            if len(x) != len(y):
+                raise ValueError(f"{images} and {labels} hold {len(x)} and {len(y)} items.")
+            return x, y
+    raise FileNotFoundError(f"no {prefix}-images-idx3-ubyte[.gz] and "
+                            f"{prefix}-labels-idx1-ubyte[.gz] in {folders}")
 
-    Looks in ``directory``, else ``$KERAS_DYNLOSS_FASHION_MNIST``, else
-    :data:`FASHION_MNIST_DIRS` (Debian/Ubuntu: ``apt-get install
-    dataset-fashion-mnist``) for ``{train,t10k}-{images-idx3,labels-idx1}-ubyte``
-    (optionally ``.gz``).
+
+def _from_tfds(split):
+    x, y = _tfds_arrays("fashion_mnist", split)
+    return x[..., 0], y
+
+
+def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=None, seed=0,
+                  flatten=False, return_source=False):
+    """Fashion-MNIST from the first source that has it.
+
+    Sources, in order ("auto"):
+
+    * "keras": `keras.datasets.fashion_mnist`, from Keras's cache or downloaded;
+    * "idx": IDX files (gzipped or not) in `$KERAS_DYNLOSS_FASHION_MNIST` or
+      `FASHION_MNIST_DIRS` (Debian/Ubuntu: `apt-get install dataset-fashion-mnist`);
+    * "tfds": TensorFlow Datasets (`pip install "keras_dynloss[datasets]"`).
 
     Args:
-        split: ``"train"`` (60000 images) or ``"test"`` (10000).
-        directory: folder holding the IDX files.
-        num_samples: if given, a class-stratified random subset of this size
-            (see :func:`subsample`).
+        split: "train" (60000 images) or "test" (10000).
+        source: "auto" or one of the sources.
+        directory: a folder of IDX files; given, it is the only source.
+        num_samples: a class-stratified random subset of this size (`subsample`).
         seed: seed of the subset.
-        flatten: return ``x`` of shape ``(n, 784)`` instead of ``(n, 28, 28)``.
+        flatten: `x` of shape (n, 784) instead of (n, 28, 28).
+        return_source: also return the name of the source used.
 
     Returns:
-        ``(x, y)``: ``x`` float32 in [0, 1] of shape ``(n, 28, 28)`` (or
-        ``(n, 784)``), ``y`` int32 of shape ``(n,)`` in [0, 10).
+        `(x, y)` (and the source): `x` float32 in [0, 1] of shape (n, 28, 28) or (n, 784),
+        `y` int32 of shape (n,), in [0, 10).
+
+    Raises:
+        FileNotFoundError: no source has it (the message says what each one lacked).
 
     Example:
         >>> x, y = fashion_mnist("test", num_samples=1000, flatten=True)
+        >>> x.shape, y.dtype
+        ((1000, 784), dtype('int32'))
     """
-    if split not in ("train", "test"):
-        raise invalid("split", "'train' or 'test'", split)
-    prefix = "train" if split == "train" else "t10k"
-    candidates = [directory] if directory is not None else (
-        [os.environ["KERAS_DYNLOSS_FASHION_MNIST"]]
-        if os.environ.get("KERAS_DYNLOSS_FASHION_MNIST") else []
-    ) + list(FASHION_MNIST_DIRS)
-    for folder in candidates:
-        images = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
-        labels = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
-        if images and labels:
+    check_choice("split", split, ("train", "test"))
+    check_choice("source", source, ("auto", *FASHION_MNIST_SOURCES))
+    loaders = {"keras": _from_keras, "idx": _from_idx, "tfds": _from_tfds}
+    if directory is not None:
+        source, loaders["idx"] = "idx", lambda split: _from_idx(split, directory)
+    errors = []
+    for name in FASHION_MNIST_SOURCES if source == "auto" else (source,):
+        try:
+            x, y = loaders[name](split)
             break
+        except Exception as err:  # noqa: BLE001 - each source's failure goes in the message
+            errors.append(f"{name}: {type(err).__name__}: {err}")
     else:
         raise FileNotFoundError(
-            f"Fashion-MNIST IDX files ({prefix}-images-idx3-ubyte[.gz], "
-            f"{prefix}-labels-idx1-ubyte[.gz]) not found in {candidates}. Install "
-            "them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
-            "point `directory=` or $KERAS_DYNLOSS_FASHION_MNIST at a folder holding "
-            f"them, or use tfds_dataset('fashion_mnist') after `{_DATASETS_EXTRA}`."
-        )
-    x = read_idx(images)
-    y = read_idx(labels).astype("int32")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{images} and {labels} hold {x.shape[0]} and {y.shape[0]} items.")
+            "Fashion-MNIST: no source worked. Keras's download needs the network once (then "
+            "it is cached); Debian's IDX files: apt-get install dataset-fashion-mnist, or "
+            "$KERAS_DYNLOSS_FASHION_MNIST set to a folder of the four IDX files; TFDS: "
+            f'{_DATASETS_EXTRA}. Tried:\n  ' + "\n  ".join(errors))
+    x, y = _finish(x, y, num_samples, seed, flatten)
+    return (x, y, name) if return_source else (x, y)
+
+
+def _finish(x, y, num_samples, seed, flatten):
+    """The subset, uint8 images scaled to float32 [0, 1], int32 labels, flattened if asked."""
+    x, y = np.asarray(x), np.asarray(y).astype("int32")
     if num_samples is not None:
         x, y = subsample(x, y, num_samples, seed=seed)
-    x = x.astype("float32") / 255.0
-    if flatten:
-        x = x.reshape(x.shape[0], -1)
-    return x, y
+    x = x.astype("float32") / 255.0 if x.dtype == np.uint8 else x.astype("float32")
+    return (x.reshape(len(x), -1) if flatten else x), y
 
 
 def subsample(x, y, num_samples, *, seed=0):
-    """A class-stratified random subset of ``num_samples`` items (order shuffled).
+    """A class-stratified random subset of `num_samples` items, in shuffled order.
 
-    Each class gets ``num_samples // C`` items (the remainder goes to the first
-    classes), drawn without replacement with ``np.random.default_rng(seed)``.
+    Each of the C classes gets `num_samples // C` items (the first classes one more for the
+    remainder), drawn without replacement with `np.random.default_rng(seed)`.
+
+    Example:
+        >>> x, y = subsample(np.arange(10), np.repeat([0, 1], 5), 4)
+        >>> np.bincount(y)
+        array([2, 2])
     """
     classes = np.unique(y)
-    num_samples = check_int("num_samples", num_samples, minimum=len(classes),
-                            maximum=len(y))
+    num_samples = check_int("num_samples", num_samples, minimum=len(classes), maximum=len(y))
     rng = np.random.default_rng(seed)
     per_class = np.full(len(classes), num_samples // len(classes))
     per_class[: num_samples % len(classes)] += 1
@@ -219,71 +242,57 @@ def subsample(x, y, num_samples, *, seed=0):
 
 
 def digits(*, flatten=False):
-    """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes).
-
-    Args:
-        flatten: return ``x`` of shape ``(n, 64)`` instead of ``(n, 8, 8)``.
+    """scikit-learn's 8x8 handwritten digits: 1797 images, 10 classes.
 
     Returns:
-        ``(x, y)``: ``x`` float32 in [0, 1], ``y`` int32 of shape ``(1797,)``.
+        `(x, y)`: `x` float32 in [0, 1] of shape (1797, 8, 8), or (1797, 64) with `flatten`;
+        `y` int32 of shape (1797,).
     """
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
-        raise ImportError(
-            f"digits() needs scikit-learn: {_DATASETS_EXTRA} (or pip install scikit-learn)."
-        ) from err
+        raise ImportError(f"digits() needs scikit-learn: {_DATASETS_EXTRA}.") from err
     d = load_digits()
     x = (d.images / 16.0).astype("float32")
-    if flatten:
-        x = x.reshape(x.shape[0], -1)
-    return x, d.target.astype("int32")
+    return (x.reshape(len(x), -1) if flatten else x), d.target.astype("int32")
 
 
-def tfds_dataset(name, split="train", *, num_samples=None, image_key="image",
-                 label_key="label", data_dir=None, download=True, seed=0,
-                 flatten=False):
-    """A TensorFlow Datasets dataset as NumPy arrays, via ``tfds.load``.
-
-    Args:
-        name: TFDS name, e.g. ``"fashion_mnist"``, ``"mnist"``, ``"cifar10"``.
-        split: TFDS split string (``"train"``, ``"test"``, ``"train[:10%]"``).
-        num_samples: if given, a class-stratified subset (see :func:`subsample`).
-        image_key, label_key: feature names of the inputs and labels.
-        data_dir: TFDS data folder.
-        download: let TFDS download and prepare the data if missing.
-        seed: seed of the subset.
-        flatten: flatten each input to a vector.
-
-    Returns:
-        ``(x, y)``: ``x`` float32 (uint8 images scaled to [0, 1]), ``y`` int32.
-
-    Example:
-        >>> x, y = tfds_dataset("fashion_mnist", "test", num_samples=1000)
-    """
+def _tfds_arrays(name, split, image_key="image", label_key="label", data_dir=None,
+                 download=True):
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
-        raise ImportError(
-            f"tfds_dataset() needs tensorflow-datasets: {_DATASETS_EXTRA} "
-            "(or pip install tensorflow-datasets)."
-        ) from err
+        raise ImportError(f"TFDS datasets need tensorflow-datasets: {_DATASETS_EXTRA}.") from err
     ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
-    # Batches of 10000 concatenated (``batch_size=-1`` aborts on mocked datasets).
     chunks = list(tfds.as_numpy(ds.batch(10000)))
     if not chunks:
         raise ValueError(f"TFDS split {name!r}/{split!r} is empty.")
     arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    for key in (image_key, label_key):
+    for arg, key in (("image_key", image_key), ("label_key", label_key)):
         if key not in arrays:
-            raise invalid(
-                "image_key" if key == image_key else "label_key",
-                f"a feature of {name!r} ({', '.join(sorted(arrays))})", key,
-            )
-    x, y = np.asarray(arrays[image_key]), np.asarray(arrays[label_key]).astype("int32")
-    if num_samples is not None:
-        x, y = subsample(x, y, num_samples, seed=seed)
-    x = x.astype("float32") / 255.0 if x.dtype == np.uint8 else x.astype("float32")
-    if flatten:
-        x = x.reshape(x.shape[0], -1)
-    return x, y
+            raise invalid(arg, f"a feature of {name!r} ({', '.join(sorted(arrays))})", key)
+    return arrays[image_key], arrays[label_key]
+
+
+def tfds_dataset(name, split="train", *, num_samples=None, image_key="image",
+                 label_key="label", data_dir=None, download=True, seed=0, flatten=False):
+    """A TensorFlow Datasets set as NumPy arrays, through `tfds.load`.
+
+    Args:
+        name: the TFDS name, e.g. "fashion_mnist", "mnist", "cifar10".
+        split: a TFDS split ("train", "test", "train[:10%]").
+        num_samples: a class-stratified subset of this size (`subsample`).
+        image_key, label_key: the features holding the inputs and the labels.
+        data_dir: the TFDS data folder.
+        download: let TFDS download and prepare the data if missing.
+        seed: seed of the subset.
+        flatten: each input as a vector.
+
+    Returns:
+        `(x, y)`: `x` float32 (uint8 images scaled to [0, 1]), `y` int32.
+
+    Example:
+        >>> x, y = tfds_dataset("fashion_mnist", "test", num_samples=1000)
+    """
+    x, y = _tfds_arrays(name, split, image_key, label_key, data_dir, download)
+    return _finish(x, y, num_samples, seed, flatten)

@@ -1,101 +1,77 @@
-"""`CurvatureProbe` under `MirroredStrategy` over two logical CPU devices equals the
-one-device value (and the dense Hessian and NTK). Runs in a subprocess: logical devices
+"""Products under a `MirroredStrategy` over two logical CPUs equal the one-device ones
+(dense Hessian, Gauss-Newton and NTK references). Runs in a subprocess: logical devices
 must be configured before TensorFlow starts."""
 
-import json
 import os
 import subprocess
 import sys
 
-import numpy as np
-
 SCRIPT = r'''
-import json, os, sys
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import os, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 import numpy as np
-sys.path.insert(0, sys.argv[1])
-from conftest import explicit_hessian
-from keras_dynloss.curvature import CurvatureProbe
+from keras_dynloss.curvature import distributed
+from keras_dynloss.curvature.operators import HessianOperator, NTKOperator, ntk_gram
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 rng = np.random.default_rng(0)
-x = rng.standard_normal((15, 3)).astype("float32")  # odd size: shards of 8 and 7
+x = rng.standard_normal((15, 3))  # an odd batch: shards of 8 and 7
 y = rng.integers(0, 3, 15)
-sw = rng.uniform(0.5, 2.0, 15).astype("float32")
+sw = rng.uniform(0.5, 2.0, 15)
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64")
 
 
 def build():
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(6, activation="tanh", name="hidden"),
-                              keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.01), name="head")])
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
-    return model
+    return keras.Sequential([
+        keras.Input((3,), dtype="float64"),
+        keras.layers.Dense(6, activation="tanh", dtype="float64"),
+        keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.05), dtype="float64")])
 
 
-def probe_values(model, sharded):
-    probe = CurvatureProbe((x, y, sw), lanczos_order=40, tol=1e-9, trace=True, trace_samples=4,
-                           per_layer=True, eos_ratio=False, ntk=True, ntk_order=15)
-    values = probe.probe(model, step=0)
-    assert (probe._graph.config["replicas"] is not None) == sharded
-    assert (probe._graph.ntk_devices is not None) == sharded
-    return values
-
-
-def dense_ntk_max(model):
-    """lambda_max of sum_c J_c J_c^T from the explicit Jacobian (N, K, n)."""
-    with tf.GradientTape() as tape:
-        out = model(x, training=False)
-    jac = tape.jacobian(out, model.trainable_variables)
-    j = np.concatenate([tf.reshape(a, [15, 3, -1]).numpy() for a in jac], axis=2).astype(np.float64)
-    return float(np.linalg.eigvalsh(np.einsum("ikp,jkp->ij", j, j))[-1])
+def dense_hessian(model):
+    theta = tf.concat([tf.reshape(v, [-1]) for v in model.trainable_variables], 0)
+    sizes = [int(np.prod(v.shape)) for v in model.trainable_variables]
+    with tf.GradientTape() as outer:
+        outer.watch(theta)
+        with tf.GradientTape() as inner:
+            inner.watch(theta)
+            values = [tf.reshape(p, v.shape)
+                      for p, v in zip(tf.split(theta, sizes), model.trainable_variables)]
+            out, _, losses = model.stateless_call(values, [], x, return_losses=True)
+            value = LOSS(y, out, sample_weight=sw) + tf.add_n(losses)
+        grad = inner.gradient(value, theta)
+    return outer.jacobian(grad, theta).numpy()
 
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     two = build()
 one = build()
-one.set_weights(two.get_weights())
-weighted = lambda yt, yp: LOSS(yt, yp, sample_weight=sw) + sum(one.losses)
-exact = float(np.linalg.eigvalsh(explicit_hessian(one, weighted, x, y))[-1])
-exact_ntk = dense_ntk_max(one)
-# Under fit too: the probe is a callback of a model trained under the strategy.
-with strategy.scope():
-    fitted = build()
-fit_probe = CurvatureProbe((x, y), every_n_steps=2, lanczos_order=10, ntk=True, ntk_order=4)
-fitted.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[fit_probe])
-try:  # sub-batches would split the replicas' shards again: refused, naming the argument
-    CurvatureProbe((x, y), micro_batch_size=4).probe(two, step=0)
-    refused = ""
-except ValueError as err:
-    refused = str(err)
-print(json.dumps({"two": probe_values(two, True), "one": probe_values(one, False), "exact": exact,
-                  "exact_ntk": exact_ntk, "refused": refused,
-                  "replicas": strategy.num_replicas_in_sync, "fit_steps": fit_probe.history["step"]}))
+assert len(distributed.replica_devices(two)) == 2 and distributed.replica_devices(one) is None
+reference = dense_hessian(one)
+for operator in ("hessian", "gauss_newton"):
+    sharded = HessianOperator(two, LOSS, (x, y, sw), operator=operator).dense()
+    single = HessianOperator(one, LOSS, (x, y, sw), operator=operator).dense()
+    np.testing.assert_allclose(sharded, single, rtol=1e-10, atol=1e-12)
+    if operator == "hessian":
+        np.testing.assert_allclose(sharded, reference, rtol=1e-10, atol=1e-12)
+grad_two = HessianOperator(two, LOSS, (x, y, sw)).gradient()
+grad_one = HessianOperator(one, LOSS, (x, y, sw)).gradient()
+np.testing.assert_allclose(grad_two[0], grad_one[0], rtol=1e-10, atol=1e-12)
+for trace in (True, False):
+    np.testing.assert_allclose(NTKOperator(two, x, trace_outputs=trace).dense(),
+                               ntk_gram(one, x, trace_outputs=trace), rtol=1e-10, atol=1e-10)
+print("OK")
 '''
 
 
-def test_mirrored_probe_equals_one_device(tmp_path):
-    script = tmp_path / "mirrored_probe.py"
-    script.write_text(SCRIPT)
-    out = subprocess.run([sys.executable, str(script), os.path.dirname(__file__)],
-                         capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["replicas"] == 2
-    one, two = result["one"], result["two"]
-    assert set(one) == set(two)
-    for key in one:
-        if key.startswith("hessian_max_eig") and "residual" not in key:
-            np.testing.assert_allclose(two[key], one[key], rtol=1e-6, err_msg=key)
-    # The Hutchinson samples use the same probe vectors: equal too.
-    np.testing.assert_allclose(two["hessian_trace"], one["hessian_trace"], rtol=1e-6)
-    np.testing.assert_allclose(one["hessian_max_eig"], result["exact"], rtol=1e-5)
-    # NTK products sharded over the two devices: the one-device value and the dense J J^T.
-    np.testing.assert_allclose(two["ntk_max_eig"], one["ntk_max_eig"], rtol=1e-6)
-    np.testing.assert_allclose(two["ntk_max_eig"], result["exact_ntk"], rtol=1e-5)
-    assert result["fit_steps"] == [0, 2, 4]
-    assert "micro_batch_size" in result["refused"] and "MirroredStrategy" in result["refused"]
+def test_mirrored_products_equal_one_device_references():
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                           os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]

@@ -1,12 +1,17 @@
-"""Datasets: the authors' spiral bit for bit, IDX parsing, digits, TFDS (mocked)."""
+"""Datasets: the authors' spiral bit for bit; Fashion-MNIST from Keras (mocked), IDX files or
+TFDS (mocked), in that order; digits; TFDS."""
 
 import gzip
 import os
+import socket
+import sys
 
 import numpy as np
 import pytest
 
 from keras_dynloss import datasets
+
+pytestmark = pytest.mark.multi_backend
 
 
 def authors_spiral(N=100, C=3, revolutions=4, noise=0.2, seed=0):
@@ -124,17 +129,10 @@ def test_read_idx_rejects_other_files(tmp_path):
         datasets.read_idx(str(tmp_path / "bad"))
 
 
-def test_fashion_mnist_missing_names_the_package(tmp_path):
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        datasets.fashion_mnist("train", directory=str(tmp_path))
-    with pytest.raises(ValueError, match="split"):
-        datasets.fashion_mnist("valid")
-
-
 @pytest.mark.skipif(not os.path.isdir(datasets.FASHION_MNIST_DIRS[0]),
                     reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_debian_files():
-    x, y = datasets.fashion_mnist("test")
+    x, y = datasets.fashion_mnist("test", source="idx")
     assert x.shape == (10000, 28, 28) and y.shape == (10000,)
     assert 0.0 <= x.min() and x.max() == 1.0
     np.testing.assert_array_equal(np.bincount(y), [1000] * 10)
@@ -166,16 +164,98 @@ def test_tfds_dataset_with_mock_data():
             datasets.tfds_dataset("fashion_mnist", "train", label_key="nope")
 
 
-def test_tfds_missing_names_the_extra(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("tensorflow_datasets"):
-            raise ImportError("no tfds")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_tfds_dataset_without_tfds_names_the_extra(no_tfds):
     with pytest.raises(ImportError, match=r'pip install "keras_dynloss\[datasets\]"'):
         datasets.tfds_dataset("mnist")
+
+
+# -- Fashion-MNIST's sources: Keras, IDX files, TFDS ------------------------------------------
+
+def _images(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), np.arange(n) % 10
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No network, no Keras cache, no IDX files: every source fails unless a test adds one."""
+    def no_network(*args, **kwargs):
+        raise OSError("no network (test)")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.delenv("KERAS_DYNLOSS_FASHION_MNIST", raising=False)
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIRS", (str(tmp_path / "none"),))
+    return tmp_path
+
+
+@pytest.fixture
+def no_tfds(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
+
+
+def _keras_cache(monkeypatch, home, train, test):
+    """Keras's cached copy (mocked loader), as `keras.datasets.fashion_mnist` returns it."""
+    import keras
+
+    os.makedirs(home / "keras_home" / "datasets" / "fashion-mnist")
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", lambda: (train, test))
+
+
+def _idx_folder(folder, split, images, labels):
+    folder.mkdir(exist_ok=True)
+    prefix = "train" if split == "train" else "t10k"
+    _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images, True)
+    _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8), True)
+
+
+def test_fashion_mnist_keras_first(offline, no_tfds, monkeypatch):
+    train, test = _images(20, 0), _images(10, 1)
+    _keras_cache(monkeypatch, offline, train, test)
+    _idx_folder(offline / "idx", "test", *_images(10, 2))
+    monkeypatch.setenv("KERAS_DYNLOSS_FASHION_MNIST", str(offline / "idx"))
+    x, y, source = datasets.fashion_mnist("test", return_source=True)
+    assert source == "keras"
+    np.testing.assert_array_equal(x, test[0] / np.float32(255))
+    np.testing.assert_array_equal(y, test[1])
+    x, y = datasets.fashion_mnist("train", flatten=True)
+    np.testing.assert_array_equal(x, train[0].reshape(20, -1) / np.float32(255))
+
+
+def test_fashion_mnist_idx_files_without_network(offline, no_tfds, monkeypatch):
+    images, labels = _images(10, 2)
+    _idx_folder(offline / "idx", "test", images, labels)
+    monkeypatch.setenv("KERAS_DYNLOSS_FASHION_MNIST", str(offline / "idx"))
+    x, y, source = datasets.fashion_mnist("test", return_source=True)
+    assert source == "idx"
+    np.testing.assert_array_equal(x, images / np.float32(255))
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_fashion_mnist_tfds_last(offline):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=30):
+        x, y, source = datasets.fashion_mnist("train", return_source=True)
+        ref_x, ref_y = datasets.tfds_dataset("fashion_mnist", "train")
+    assert source == "tfds" and x.shape == (30, 28, 28) and y.dtype == np.int32
+    np.testing.assert_array_equal(x, ref_x[..., 0])
+    np.testing.assert_array_equal(y, ref_y)
+
+
+def test_fashion_mnist_error_names_every_source(offline, no_tfds):
+    with pytest.raises(FileNotFoundError) as err:
+        datasets.fashion_mnist("train")
+    message = str(err.value)
+    for what in ("keras: OSError: no network", "idx: FileNotFoundError",
+                 "tfds: ImportError", "apt-get install dataset-fashion-mnist",
+                 "KERAS_DYNLOSS_FASHION_MNIST", 'pip install "keras_dynloss[datasets]"'):
+        assert what in message
+    with pytest.raises(FileNotFoundError, match="keras: OSError"):
+        datasets.fashion_mnist("train", source="keras")
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(split="valid"), "split"),
+                                          (dict(source="web"), "source")])
+def test_fashion_mnist_rejects(kwargs, name):
+    with pytest.raises(ValueError, match=f"Invalid value for argument `{name}`"):
+        datasets.fashion_mnist(**kwargs)

@@ -48,7 +48,7 @@ def test_amplitude_one_equals_keras_crossentropy(from_logits):
     y_pred = LOGITS if from_logits else _softmax(LOGITS)
     ours = kd.DynamicalLoss(C, amplitude=1, period=5, from_logits=from_logits)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # unbound, but the step cannot matter: silent
+        warnings.simplefilter("error", UserWarning)  # unbound, but the step cannot matter: silent
         value = float(ours(LABELS, y_pred))
     keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
     np.testing.assert_allclose(value, float(keras_loss(LABELS, y_pred)), rtol=1e-6)
@@ -59,7 +59,7 @@ def test_unbound_loss_warns_once_and_uses_step_zero():
     with pytest.warns(UserWarning, match=r"follows no training step.*DynamicalLossScheduler"):
         first = float(loss(LABELS, LOGITS))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         loss(LABELS, LOGITS)
     gamma = numpy_gamma(0, C, 30, 6, "square")
     np.testing.assert_allclose(first, np.mean(gamma[LABELS] * numpy_crossentropy(LABELS, LOGITS)),

@@ -1,4 +1,4 @@
-"""Statistics of the experiment runners against hand-computed values."""
+"""Statistics of the sweeps (describe, Mann–Whitney U, Holm) against hand-computed values."""
 
 import itertools
 import math
@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from keras_dynloss.experiments import stats
+
+pytestmark = pytest.mark.multi_backend
 
 
 def test_describe_quartiles_by_hand():
@@ -45,7 +47,7 @@ def test_mann_whitney_separated_samples_exact():
     res = stats.mann_whitney([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     assert res.u == 0.0 and res.method == "exact"
     assert res.pvalue == pytest.approx(0.1)
-    assert res.effect == 0.0 and res.significant(0.2) and not res.significant(0.05)
+    assert res.effect == 0.0
     assert stats.mann_whitney([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]).u == 9.0
 
 
@@ -114,4 +116,4 @@ def test_holm_by_hand():
 
 def test_p_value_format():
     assert stats.fmt_p(0.012345) == "0.0123" and stats.fmt_p(3e-6) == "< 1e-4"
-    assert stats.fmt(None) == "—" and stats.fmt(0.5) == "0.500"
+    assert stats.fmt_p(None) == "—"

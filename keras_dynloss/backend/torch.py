@@ -115,8 +115,9 @@ def jacobian(fn, theta):
     with torch.enable_grad():
         out = fn(theta)
         eye = torch.eye(out.numel(), dtype=out.dtype, device=out.device).reshape((-1,) + out.shape)
-        if not out.requires_grad:
-            rows = torch.zeros((out.numel(),) + theta.shape, dtype=theta.dtype, device=theta.device)
-        else:
+        rows = None
+        if out.requires_grad:
             (rows,) = torch.autograd.grad(out, theta, eye, is_grads_batched=True, allow_unused=True)
+    if rows is None:  # `out` does not depend on `theta`
+        rows = torch.zeros((out.numel(),) + theta.shape, dtype=theta.dtype, device=theta.device)
     return out.detach(), rows.reshape(out.shape + theta.shape)

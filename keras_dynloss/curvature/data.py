@@ -1,113 +1,63 @@
-"""Data for curvature operators: one batch, or a dataset read once into memory.
+"""Data of curvature operators: one batch, or a dataset read once into memory.
 
-A curvature operator is a fixed matrix only if every product sees the same
-data. A `tf.data.Dataset` that shuffles (`reshuffle_each_iteration=True`) or
-augments at random would hand each product other samples, and an infinite one
-(`.repeat()`) would never finish a product. So an operator reads its dataset
-exactly once, when it is built, and keeps the batches in memory:
+A curvature operator is a fixed matrix only if every product sees the same samples. A
+`tf.data.Dataset` that shuffles or augments at random would hand each product others, and
+an infinite one (`.repeat()`) would never finish a product. So an operator reads its data
+once, when it is built, and keeps the batches:
 
-* an infinite or unknown-cardinality dataset is refused unless `num_batches`
-  bounds it (then its first `num_batches` batches are used);
-* a shuffled or randomly augmented dataset is thereby made deterministic: the
-  operator is the curvature of the batches drawn at construction
-  (`HessianOperator.batches`), for every product.
+* an `(x, y)` or `(x, y, sample_weight)` batch of arrays or tensors is one batch;
+* a dataset of such tuples is read to its end, or to `num_batches` batches; an infinite or
+  unknown-length one is refused without `num_batches`; a shuffled one thereby gives one
+  fixed operator, that of the batches drawn at construction.
+
+Example:
+    >>> batches = read_batches(dataset.take(4))     # [(x, y, sample_weight or None, N)]
 """
 
-import tensorflow as tf
+import sys
 
-from keras_dynloss import _checks as val
+import keras
+import numpy as np
+from keras import ops
 
-
-def _batch_size(x):
-    first = tf.nest.flatten(x)[0]
-    if first.shape.rank == 0:
-        return 0
-    return int(first.shape[0]) if first.shape[0] is not None else int(tf.shape(first)[0])
+from keras_dynloss import _checks
 
 
-def _to_tensor(x):
-    return tf.nest.map_structure(tf.convert_to_tensor, x)
+def as_tensors(tree):
+    """Every array of `tree` as a tensor of the backend (None stays None)."""
+    def tensor(a):
+        return a if ops.is_tensor(a) else ops.convert_to_tensor(np.asarray(a))
+    return None if tree is None else keras.tree.map_structure(tensor, tree)
 
 
-def split_element(element, name="data"):
-    """`(x, y)` or `(x, y, sample_weight)` -> `(x, y, sw or None)`."""
-    if isinstance(element, (tuple, list)) and len(element) in (2, 3):
-        x, y = element[0], element[1]
-        sw = element[2] if len(element) == 3 else None
-        return x, y, sw
-    raise val.invalid(
-        name,
-        "an (x, y) pair, an (x, y, sample_weight) triple or a tf.data.Dataset "
-        "of such tuples",
-        type(element).__name__,
-    )
+def num_rows(x):
+    """N, the rows of the first array of `x`."""
+    return int(keras.tree.flatten(x)[0].shape[0])
 
 
-def check_batch(data, name="data"):
-    """Validates one batch; returns `(x, y, sw)` tensors (`sw` may be `None`)."""
-    x, y, sw = split_element(data, name)
-    x, y = _to_tensor(x), _to_tensor(y)
-    sw = None if sw is None else _to_tensor(sw)
-    if _batch_size(x) < 1:
-        raise val.invalid(name, "a non-empty batch", data)
-    return x, y, sw
+def _batch(element):
+    """`(x, y, sample_weight or None, N)` of one `(x, y[, sample_weight])` element."""
+    if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
+        raise _checks.invalid("data", "an (x, y[, sample_weight]) batch or a tf.data.Dataset "
+                              "of them", f"<{type(element).__name__}>")
+    x, y, sw = [as_tensors(t) for t in (*element, None)[:3]]
+    if not keras.tree.flatten(x)[0].shape or num_rows(x) < 1:
+        raise _checks.invalid("data", "a non-empty batch", element)
+    return x, y, sw, num_rows(x)
 
 
-def check_cardinality(dataset, num_batches, name="data"):
-    """Raises unless `dataset` is finite or `num_batches` bounds it."""
-    if num_batches is not None:
-        return
-    card = int(dataset.cardinality().numpy())
-    if card == tf.data.INFINITE_CARDINALITY:
-        raise val.invalid(
-            name,
-            "a finite tf.data.Dataset (this one repeats forever, so a product "
-            "would never end); pass `num_batches=` to use its first batches",
-            dataset,
-        )
-    if card == tf.data.UNKNOWN_CARDINALITY:
-        raise val.invalid(
-            name,
-            "a tf.data.Dataset of known length (this one has unknown "
-            "cardinality, e.g. after `filter`); pass `num_batches=` to bound it "
-            "or declare its length with "
-            "`tf.data.experimental.assert_cardinality(n)`",
-            dataset,
-        )
-
-
-def materialize(data, *, num_batches=None, name="data"):
-    """Reads `data` once; returns a list of `(x, y, sw, batch_size)`.
-
-    Args:
-        data: `(x, y)` / `(x, y, sample_weight)` arrays or tensors, or a
-            `tf.data.Dataset` of such tuples.
-        num_batches: for a dataset, use only its first `num_batches` batches
-            (required for an infinite or unknown-cardinality dataset). Must be
-            `None` for a single batch.
-        name: argument name used in error messages.
-
-    Returns:
-        A non-empty list of `(x, y, sw, n)` with tensors `x`, `y`, `sw` (or
-        `None`) and the Python int batch size `n`.
-    """
-    num_batches = val.check_int("num_batches", num_batches, minimum=1, allow_none=True)
-    if not isinstance(data, tf.data.Dataset):
+def read_batches(data, num_batches=None):
+    """Reads `data` once: a list of `(x, y, sample_weight or None, N)` (see the module)."""
+    num_batches = _checks.check_int("num_batches", num_batches, minimum=1, allow_none=True)
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(data, tf.data.Dataset):
         if num_batches is not None:
-            raise val.invalid(
-                "num_batches", "None when `data` is one (x, y) batch", num_batches
-            )
-        x, y, sw = check_batch(data, name)
-        return [(x, y, sw, _batch_size(x))]
-    check_cardinality(data, num_batches, name)
-    if num_batches is not None:
-        data = data.take(num_batches)
-    batches = []
-    for element in data:
-        x, y, sw = split_element(element, name)
-        n = _batch_size(x)
-        if n:
-            batches.append((x, y, sw, n))
+            raise _checks.invalid("num_batches", "None for one (x, y) batch", num_batches)
+        return [_batch(data)]
+    if num_batches is None and int(data.cardinality()) < 0:
+        raise _checks.invalid("data", "a finite tf.data.Dataset of known length (or pass "
+                              "`num_batches`)", data)
+    batches = [_batch(element) for element in data.take(num_batches or -1)]
     if not batches:
-        raise val.invalid(name, "a non-empty dataset", data)
+        raise _checks.invalid("data", "a non-empty dataset", data)
     return batches

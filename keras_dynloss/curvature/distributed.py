@@ -1,108 +1,94 @@
-"""Curvature products across the replicas of a `tf.distribute.MirroredStrategy`.
+"""Curvature products across the replicas of a one-machine `tf.distribute.MirroredStrategy`.
 
-Under a one-machine `MirroredStrategy` with `R > 1` replicas, each Hessian (or
-Gauss-Newton) product of the probe runs on every replica's device on its shard
-of the probe batch (`N_r` rows, contiguous, sizes differing by at most one) and
-the shards are summed across devices:
+With R > 1 replicas the batch's N rows are split into R contiguous shards (sizes
+differing by at most one), each recorded on its replica's device:
 
-    A v = sum_r N_r A_r v / N,
+* Hessian / Gauss-Newton: `A v = sum_r N_r A_r v / N`, `A_r` the operator of shard r's
+  mean loss: exactly the whole batch's operator for a loss averaged over samples (sample
+  weights included); added losses enter every shard whole, with weights summing to 1;
+* NTK: `J^T U = sum_r J_r^T U_r` (each replica's VJP on its rows, summed), then
+  `J w = concat_r J_r w` (shard r on replica r).
 
-`A_r` the operator of shard `r`'s mean loss. For a loss that is a mean over
-samples (Keras's default `sum_over_batch_size`, sample weights included) this
-is exactly the operator of the whole batch; added losses (regularisers) enter
-each shard whole and sum to weight 1. With `training=True`, BatchNormalization
-uses per-shard statistics, as it does when training under the strategy. The
-Lanczos loop itself runs once, in cross-replica context. NTK products are
-sharded the same way (`ntk.ntk_linearized_fn(devices=...)`): `J^T u = sum_r
-J_r^T u_r` (each replica's VJP on its rows, summed), then `J w` row block `r`
-on replica `r` (concatenated). Multi-worker strategies are not sharded: the
-probe computes locally there (see `CurvatureProbe`).
+Products are placed with `tf.device` from cross-replica context, not `strategy.run`:
+inside a replica context Keras divides mean losses by the number of replicas. With
+`training=True`, BatchNormalization uses per-shard statistics, as in training under the
+strategy.
+
+Example:
+    >>> devices = replica_devices(model)      # None off a multi-replica MirroredStrategy
+    >>> fn = sharded_curvature_fn(curvature_fn(flat, loss), devices)
 """
-
-import contextlib
 
 import tensorflow as tf
 
-from keras_dynloss import _checks as val
+from keras_dynloss import _checks
+from keras_dynloss import backend
+from keras_dynloss.curvature import products
 
 
-def _strategy(model):
+def replica_devices(model):
+    """The devices of `model`'s `MirroredStrategy` when it has several replicas, else None."""
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
-        return strategy
+        return list(strategy.extended.worker_devices)
     return None
 
 
-def sharded_products(model):
-    """A `ShardedProducts` when `model` lives under a multi-replica
-    `MirroredStrategy`, else `None`."""
-    strategy = _strategy(model)
-    return None if strategy is None else ShardedProducts(strategy)
+def _shards(x, devices):
+    """`(N, [(start, stop)])`: contiguous shards of x's rows, one per device."""
+    rows = tf.nest.flatten(x)[0]
+    if rows.shape[0] is not None and rows.shape[0] < len(devices):
+        raise _checks.invalid("data", f"batches of at least {len(devices)} samples (one a replica)",
+                              f"<batch of {rows.shape[0]}>")
+    n, r = tf.shape(rows)[0], len(devices)
+    base, extra = n // r, n % r
+    starts = [i * base + tf.minimum(i, extra) for i in range(r + 1)]
+    return n, list(zip(starts[:-1], starts[1:]))
 
 
-def shard_bounds(n, replicas, r):
-    """Rows `[start, start + size)` of shard `r` of `n` (contiguous, sizes
-    differing by at most one): int32 tensors."""
-    base, extra = n // replicas, n % replicas
-    return r * base + tf.minimum(r, extra), base + tf.cast(r < extra, tf.int32)
+def _take(tree, start, stop):
+    return None if tree is None else tf.nest.map_structure(lambda a: a[start:stop], tree)
 
 
-def take_rows(t, start, size):
-    """Rows `[start, start + size)` of every tensor of the structure `t` (or `None`)."""
-    return None if t is None else tf.nest.map_structure(lambda a: a[start:start + size], t)
+def sharded_curvature_fn(fn, devices):
+    """`fn` (from `products.curvature_fn`) with each shard recorded on its device."""
+    def sharded(theta, non_trainable, x, y, sample_weight=None):
+        n, bounds = _shards(x, devices)
+        parts = []
+        for device, (start, stop) in zip(devices, bounds):
+            with tf.device(device):
+                weight = tf.cast(stop - start, theta.dtype) / tf.cast(n, theta.dtype)
+                batch = [_take(t, start, stop) for t in (x, y, sample_weight)]
+                parts.append((device, weight, fn(theta, non_trainable, *batch)))
 
-
-def on_device(device):
-    """`tf.device(device)`, or no placement for `None`."""
-    return contextlib.nullcontext() if device is None else tf.device(device)
-
-
-def on_shards(devices, x, fn):
-    """`[fn(start, size) placed on devices[r] for each shard r of x's rows]`;
-    `devices=None`: `[fn(0, N)]`, one shard of all rows, unplaced."""
-    n = tf.shape(tf.nest.flatten(x)[0])[0]
-    devices = devices or [None]
-    parts = []
-    for r, device in enumerate(devices):
-        with on_device(device):
-            parts.append(fn(*shard_bounds(n, len(devices), r)))
-    return parts
-
-
-class ShardedProducts:
-    """Builds device-sharded matvecs for a `MirroredStrategy` (see module).
-
-    The products are placed explicitly on the strategy's devices
-    (`strategy.extended.worker_devices`) from the probe's cross-replica
-    function rather than through `strategy.run`: inside a replica context
-    Keras divides mean losses by the number of replicas, which would silently
-    scale the operator.
-    """
-
-    def __init__(self, strategy):
-        self.strategy = strategy
-        self.devices = list(strategy.extended.worker_devices)
-        self.replicas = len(self.devices)
-
-    def matvec(self, flat, linearized, x, y, sw):
-        """`v -> A v` (float64) from `linearized(theta, x, y, sw) -> matvec`
-        (`hessian.linearized_curvature_fn`), each shard's first pass recorded
-        once, on its device."""
-        replicas = self.replicas
-        static = tf.nest.flatten(x)[0].shape[0]
-        if static is not None and static < replicas:
-            raise val.invalid("data", f"a probe batch of at least {replicas} samples (one per replica)",
-                              f"<batch of {static}>")
-        theta = flat.read()
-        n = tf.shape(tf.nest.flatten(x)[0])[0]
-        shards = on_shards(self.devices, x, lambda start, size: (size, linearized(
-            theta, take_rows(x, start, size), take_rows(y, start, size), take_rows(sw, start, size))))
-
-        def mv(v):
-            parts = []
-            for device, (size, matvec) in zip(self.devices, shards):
+        def matvec(v):
+            terms = []
+            for device, weight, lin in parts:
                 with tf.device(device):
-                    parts.append(tf.cast(matvec(tf.cast(v, flat.dtype)), tf.float64) * tf.cast(size, tf.float64))
-            return tf.add_n(parts) / tf.cast(n, tf.float64)
+                    terms.append(weight * lin(v))
+            return tf.add_n(terms)
 
-        return mv
+        def mean(field):
+            items = [(w, getattr(lin, field)) for _, w, lin in parts]
+            return None if any(t is None for _, t in items) else tf.add_n([w * t for w, t in items])
+
+        return products.Linearized(matvec, mean("value"), mean("gradient"))
+
+    return sharded
+
+
+def sharded_ntk_fn(flat, devices, *, trace_outputs=True, training=False):
+    """`products.ntk_fn` with each shard's forward pass recorded on its device."""
+    def sharded(theta, non_trainable, x, y=None, sample_weight=None):
+        _, bounds = _shards(x, devices)
+        pieces = []
+        for device, (start, stop) in zip(devices, bounds):
+            x_r = _take(x, start, stop)
+            with tf.device(device):
+                out, jvp, vjp = backend.get().linearize(
+                    lambda b: flat.outputs(theta, non_trainable, x_r, block=b, training=training),
+                    flat.select(theta))
+            pieces.append((start, stop, jvp, vjp, lambda device=device: tf.device(device)))
+        return products.Linearized(products.ntk_pieces_matvec(pieces, out.shape[1], trace_outputs))
+
+    return sharded

@@ -1,119 +1,104 @@
-"""Errors of curvature operators: layers TensorFlow cannot differentiate twice.
+"""Layers that TensorFlow cannot differentiate twice, named.
 
-Some TensorFlow ops have a gradient whose own gradient is not registered
-(e.g. bicubic resizing: `ResizeBicubicGrad`). A Hessian or NTK product through
-such a layer fails deep inside TensorFlow; `run_guarded` turns that failure into
-a `NotTwiceDifferentiableError` that names the layer.
+Some TensorFlow ops have a gradient whose own gradient is not registered (bicubic
+`Resizing`: `ResizeBicubicGrad`). A Hessian or NTK product through such a layer fails
+deep inside TensorFlow with a bare `LookupError`; `guard` turns it into a
+`NotTwiceDifferentiableError` that names the layer and the op. The layer is found by
+tracing (not running) the first derivative of the outputs and reading the name scope of
+the op that lacks a gradient.
+
+Example:
+    >>> product = guard(flat, compiled_product, x)
+    >>> product(theta, state, v, x, y, None)   # raises NotTwiceDifferentiableError
 """
 
 import re
 
-import tensorflow as tf
+from keras import ops
 
-from keras_dynloss import _compat
-from keras_dynloss.curvature import flat as flat_lib
+from keras_dynloss import _checks
 
 
 class NotTwiceDifferentiableError(ValueError):
-    """Raised when a layer of the model has no second derivative in TensorFlow.
+    """A layer of the model has no second derivative in TensorFlow.
 
     Attributes:
-        layer_name: name of the offending layer, or `None` when it could not be
-            identified from the TensorFlow error.
+        layer_name: the offending layer's name, or None when it could not be found.
+        op_type: the TensorFlow op without a registered gradient, e.g. "ResizeBicubicGrad".
     """
 
-    def __init__(self, message, layer_name=None):
+    def __init__(self, message, layer_name=None, op_type=None):
         super().__init__(message)
         self.layer_name = layer_name
+        self.op_type = op_type
 
 
-def _layer_names(model):
-    return [(layer.name, type(layer).__name__) for layer in _compat.iter_layers(model)[1:]]
+def _first_derivative_ops(flat, x, training):
+    """Names of the ops of `d sum(outputs) / d theta`, traced (not run) by TensorFlow."""
+    import tensorflow as tf
+
+    from keras_dynloss import backend
+
+    def first(theta, non_trainable, x):
+        def total(block):
+            return ops.sum(flat.forward(theta, non_trainable, x, block=block, training=training))
+        return backend.get().value_and_grad(total, flat.select(theta))[1]
+
+    graph = tf.function(first, autograph=False).get_concrete_function(
+        flat.read(), flat.non_trainable(), x).graph
+    return [(op.type, op.name) for op in graph.get_operations()]
 
 
-def _match_layer(model, text):
-    """The layer whose name scope (`name/` or `name_3/`) appears in `text`."""
-    found, best = None, -1
-    for name, cls in _layer_names(model):
-        pattern = r"(?:^|[/'\"\s])(" + re.escape(name) + r")(_\d+)?/"
-        for m in re.finditer(pattern, text):
-            score = len(name) + (0 if m.group(2) else 1000)
-            if score > best:
-                best, found = score, (name, cls)
-    return found
+def _owner(flat, op_type, x, training):
+    """`(name, class name)` of the layer whose name scope holds an op of `op_type`."""
+    from keras_dynloss import _compat
 
-
-def _locate_op(model, op_type, probes):
-    """Finds the layer owning an op of type `op_type` in traced graphs.
-
-    `probes` is a list of `(python_function, args)`; each is traced (never
-    run) and its graph searched for the op, whose name carries the layer's
-    name scope.
-    """
-    for fn, args in probes:
-        try:
-            graph = tf.function(fn, autograph=False).get_concrete_function(*args).graph
-        except Exception:  # the probe itself may hit the missing gradient
+    layers = _compat.iter_layers(flat.model)[1:]
+    best = None
+    for kind, op_name in _first_derivative_ops(flat, x, training):
+        if kind != op_type:
             continue
-        for op in graph.get_operations():
-            if op.type == op_type:
-                found = _match_layer(model, op.name)
-                if found is not None:
-                    return found
-    return None
+        for layer in layers:  # the innermost (longest) matching scope wins
+            if re.search(r"(^|/)" + re.escape(layer.name) + r"(_\d+)?/", op_name):
+                if best is None or len(layer.name) > len(best[0]):
+                    best = (layer.name, type(layer).__name__)
+    return best
 
 
-def explain_failure(model, error, probes=()):
-    """Turns a TensorFlow missing-gradient error into one naming the layer."""
-    message = str(error)
-    op_type = _compat.missing_gradient_op(error)
-    found = _match_layer(model, message)
-    if found is None and op_type is not None:
-        found = _locate_op(model, op_type, probes)
-    op_txt = f" (no gradient registered for TensorFlow op {op_type})" if op_type else ""
-    lines = message.strip().splitlines()
-    first = next((line.strip() for line in lines if "gradient" in line.lower()), lines[0] if lines else "")
-    if found is not None:
-        name, cls = found
-        text = (
-            "Invalid value for argument `model`: expected a model whose layers "
-            f"are twice differentiable. Layer '{name}' ({cls}) cannot be "
-            f"differentiated twice{op_txt}; Hessian and NTK products cannot "
-            "pass through it. Replace it (e.g. another interpolation) or "
-            f"remove it. TensorFlow said: {first}"
-        )
-    else:
-        text = (
-            "Invalid value for argument `model`: expected a model whose layers "
-            "are twice differentiable, but TensorFlow could not differentiate "
-            f"it twice{op_txt}. TensorFlow said: {first}"
-        )
-    return NotTwiceDifferentiableError(text, None if found is None else found[0])
-
-
-def output_probes(flat, x):
-    """Graphs searched for a missing-gradient op: output gradient, forward."""
-
-    def grad_of_outputs(x):
-        theta = flat.read()
-        with tf.GradientTape() as tape:
-            tape.watch(theta)
-            out = tf.reduce_sum(flat_lib.flat_outputs(flat_lib.model_outputs(flat, theta, x)))
-        return tape.gradient(out, theta)
-
-    return [
-        (grad_of_outputs, (x,)),
-        (lambda x: flat_lib.model_outputs(flat, flat.read(), x), (x,)),
-    ]
-
-
-def run_guarded(model, fn, *args, probes=(), **kwargs):
-    """Calls `fn(*args, **kwargs)`, mapping missing-gradient errors to a clear error."""
+def explain(flat, op_type, x, *, training=False):
+    """The `NotTwiceDifferentiableError` for a missing gradient of `op_type`."""
     try:
-        return fn(*args, **kwargs)
-    except NotTwiceDifferentiableError:
-        raise
-    except Exception as error:  # StagingError, LookupError, ...
-        if _compat.missing_gradient_op(error) is None:
+        found = _owner(flat, op_type, x, training)
+    except Exception:  # the trace itself failed: report the op alone
+        found = None
+    where = f"layer '{found[0]}' ({found[1]})" if found else "a layer"
+    error = _checks.invalid(
+        "model", "a model whose layers TensorFlow can differentiate twice (Hessian and NTK "
+        "products need second derivatives)",
+        f"<{where}: no gradient registered for TensorFlow op {op_type}>")
+    return NotTwiceDifferentiableError(str(error), found[0] if found else None, op_type)
+
+
+def guard(flat, fn, x, *, training=False):
+    """`fn` that raises `NotTwiceDifferentiableError` where TensorFlow lacks a gradient.
+
+    Args:
+        flat: the `FlatParameters` of the products `fn` computes.
+        fn: a callable (e.g. a compiled product).
+        x: an input batch, to trace the first derivative on when `fn` fails.
+        training: the mode of the products.
+    """
+    from keras_dynloss import _compat
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NotTwiceDifferentiableError:
             raise
-        raise explain_failure(model, error, probes) from error
+        except Exception as error:  # LookupError, StagingError, ...
+            op_type = _compat.missing_gradient_op(error)
+            if op_type is None:
+                raise
+            raise explain(flat, op_type, x, training=training) from error
+
+    return call

@@ -1,114 +1,131 @@
-"""Flat parameter vectors: a model's trainable variables (or a subset) as `(n,)`.
+"""A Keras model's outputs and loss as pure functions of one flat parameter vector.
 
-Every curvature operator acts on one flat vector `theta` of shape `(n,)`: the
-chosen trainable variables in the order of `model.trainable_variables`, each
-flattened row-major. By default all trainable variables are chosen; with
-`variables=` (variables or layers) only those, the others held at their current
-values, so the operator is the corresponding diagonal block of the full one
-(e.g. a layer's sub-Hessian).
+`theta` (n,) holds every trainable variable of the model, in `model.trainable_variables`
+order, each flattened row-major, in the widest of their dtypes. A curvature operator acts
+on a *block* (m,) of it: the variables chosen with `variables=` (all by default), in the
+same order. The others keep their values in `theta`, so the operator is the diagonal
+block of the full one for the chosen parameters.
 
-The forward pass is `model.stateless_call` on the current parameter values
-(inference mode by default): the model's variables are never written and any
-updated state that `stateless_call` returns is discarded.
+The forward pass is `model.stateless_call` on the values in `theta` and the non-trainable
+values passed as arguments: nothing is read from the model's variables inside, and the
+updated state it returns (BatchNorm statistics, seeds) is dropped. The same function runs
+under `tf.function`, `jax.jit`, eager torch and inside a training step, and never changes
+the model.
+
+Example:
+    >>> flat = FlatParameters(model, variables=[model.layers[-1]])
+    >>> theta, state = flat.read(), flat.non_trainable()
+    >>> value = flat.loss(keras.losses.MeanSquaredError(), theta, state, x, y)
 """
 
 import contextlib
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_dynloss import _checks as val
-from keras_dynloss import _compat
+from keras_dynloss import _checks
 
 
-def _chosen_variables(model, variables):
-    """The trainable variables named by `variables` (variables or layers)."""
-    all_vars = list(model.trainable_variables)
+def _chosen(model, variables):
+    """Indices into `model.trainable_variables` of the variables/layers in `variables`."""
+    every = {id(v): i for i, v in enumerate(model.trainable_variables)}
     if variables is None:
-        return all_vars
-    if isinstance(variables, (keras.layers.Layer, keras.Variable, tf.Variable)):
-        variables = [variables]
-    if not isinstance(variables, (list, tuple)) or not variables:
-        raise val.invalid(
-            "variables", "a non-empty list of trainable variables or layers of the model", variables
-        )
-    wanted = set()
-    for item in variables:
-        if isinstance(item, keras.layers.Layer):
-            found = item.trainable_variables
-        elif isinstance(item, (keras.Variable, tf.Variable)):
-            found = [item]
-        else:
-            found = None
-        ids = {id(v) for v in all_vars}
-        if not found or any(id(v) not in ids for v in found):
-            raise val.invalid(
-                "variables",
-                "trainable variables (or layers with trainable variables) of this model",
-                getattr(item, "name", item),
-            )
-        wanted.update(id(v) for v in found)
-    return [v for v in all_vars if id(v) in wanted]
+        return list(range(len(every)))
+    expected = "trainable variables and/or layers (with trainable variables) of the model"
+    chosen = set()
+    for item in variables if isinstance(variables, (list, tuple)) else [variables]:
+        found = item.trainable_variables if isinstance(item, keras.layers.Layer) else [item]
+        if not found or any(id(v) not in every for v in found):
+            raise _checks.invalid("variables", expected, getattr(item, "name", item))
+        chosen.update(every[id(v)] for v in found)
+    if not chosen:
+        raise _checks.invalid("variables", expected, variables)
+    return sorted(chosen)
 
 
 class FlatParameters:
-    """Maps chosen trainable variables of a model to one flat vector and back.
+    """The flat vector `theta` of a model's trainable variables, and a block of it.
 
     Args:
-        model: a built `keras.Model` (or layer) with trainable variables.
-        variables: `None` (all trainable variables) or a list of trainable
-            variables and/or layers of `model` (a layer stands for its
-            trainable variables).
+        model: a built `keras.Model`.
+        variables: None (every trainable variable) or a list of trainable variables and/or
+            layers of `model` (a layer stands for its trainable variables): the block.
 
     Attributes:
-        size: `n`, number of chosen scalars.
-        dtype: the common (widest) dtype of the chosen variables.
-        variables: the chosen variables, in `model.trainable_variables` order.
-        shapes: their shapes.
+        size: m, the block's length (the operator's size).
+        num_parameters: n, the length of `theta`.
+        dtype: the dtype of `theta` (the widest trainable-variable dtype; float32 under
+            mixed precision).
     """
 
     def __init__(self, model, variables=None):
-        if not isinstance(model, keras.layers.Layer):
-            raise val.invalid("model", "a built `keras.Model`", model)
-        if not model.built:
-            raise val.invalid(
-                "model", "a built model (call it on data or use `model.build()` first)", model
-            )
+        if not isinstance(model, keras.Model) or not model.built or not model.trainable_variables:
+            raise _checks.invalid("model", "a built keras.Model with trainable variables", model)
+        from keras_dynloss import _compat
+
         self.model = model
-        self.all_variables = list(model.trainable_variables)
-        if not self.all_variables:
-            raise val.invalid("model", "a model with at least one trainable variable", model)
-        self.variables = _chosen_variables(model, variables)
-        chosen = {id(v): i for i, v in enumerate(self.variables)}
-        self._slot = [chosen.get(id(v)) for v in self.all_variables]
-        self.shapes = [tuple(int(d) for d in v.shape) for v in self.variables]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.var_dtypes = [tf.as_dtype(v.dtype) for v in self.variables]
-        if not all(d.is_floating for d in self.var_dtypes):
-            raise val.invalid("model", "floating-point trainable variables", model)
-        self.dtype = max(self.var_dtypes, key=lambda d: d.size)
-        self.size = int(sum(self.sizes))
-        # Mixed-precision layers (compute dtype narrower than their variables).
-        self._mixed = [
-            (layer, layer.dtype_policy)
-            for layer in _compat.iter_layers(model)
-            if layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype
-        ]
+        every = model.trainable_variables
+        self.shapes = [tuple(v.shape) for v in every]
+        self.dtypes = [keras.backend.standardize_dtype(v.dtype) for v in every]
+        if not all("float" in d for d in self.dtypes):
+            raise _checks.invalid("model", "floating-point trainable variables", model)
+        self.dtype = max(self.dtypes, key=lambda d: int(d[-2:]))
+        self._offsets = np.cumsum([0] + [int(np.prod(s)) for s in self.shapes]).tolist()
+        self.chosen = _chosen(model, variables)
+        self.num_parameters = self._offsets[-1]
+        self.size = sum(self._offsets[i + 1] - self._offsets[i] for i in self.chosen)
+        self._mixed = [(layer, layer.dtype_policy) for layer in _compat.iter_layers(model)
+                       if layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype]
+
+    @property
+    def variables(self):
+        """The chosen variables, in `model.trainable_variables` order."""
+        return [self.model.trainable_variables[i] for i in self.chosen]
+
+    def read(self):
+        """The current `theta` (n,) (eager use: a traced function takes it as an argument)."""
+        return self.flatten(self.model.trainable_variables)
+
+    def non_trainable(self):
+        """The current values of `model.non_trainable_variables` (a list)."""
+        return [ops.convert_to_tensor(v) for v in self.model.non_trainable_variables]
+
+    def flatten(self, values):
+        """`theta` (n,) from the values of every trainable variable (e.g. a train step's)."""
+        return ops.concatenate([ops.reshape(ops.cast(v, self.dtype), (-1,)) for v in values])
+
+    def select(self, theta):
+        """The block (m,) of `theta` (n,)."""
+        if len(self.chosen) == len(self.shapes):
+            return theta
+        return ops.concatenate([theta[self._offsets[i]:self._offsets[i + 1]] for i in self.chosen])
+
+    def embed(self, block):
+        """The vector (n,) with `block` (m,) at the chosen entries and zeros elsewhere: with
+        `select`, a product of the whole model gives its block's,
+        `A_bb v = select(A embed(v))`."""
+        return self.flatten(self.values(ops.zeros((self.num_parameters,), block.dtype), block))
+
+    def values(self, theta, block=None):
+        """The trainable values (variable shapes and dtypes) of `theta`, the chosen ones
+        taken from `block` (m,) when given."""
+        pieces = [theta[a:b] for a, b in zip(self._offsets[:-1], self._offsets[1:])]
+        if block is not None:
+            start = 0
+            for i in self.chosen:
+                stop = start + self._offsets[i + 1] - self._offsets[i]
+                pieces[i], start = block[start:stop], stop
+        return [ops.cast(ops.reshape(p, s), d) for p, s, d in zip(pieces, self.shapes, self.dtypes)]
 
     @contextlib.contextmanager
     def full_precision(self):
-        """Runs every mixed-precision layer in its variable dtype meanwhile.
+        """Every mixed-precision layer computes in its variable dtype meanwhile.
 
-        Under `mixed_float16` / `mixed_bfloat16` a layer keeps float32
-        variables but computes in 16 bits; second derivatives in 16 bits lose
-        about three digits (and overflow easily). Curvature products therefore
-        trace the model with each such layer's policy set to its variable dtype
-        (float32), restored on exit. The model's own training is unaffected.
+        Under `mixed_float16` / `mixed_bfloat16` a layer keeps float32 variables but computes
+        in 16 bits, where second derivatives lose about three digits. Products are traced
+        with each such layer's policy set to its variable dtype, restored on exit.
         """
-        if not self._mixed:
-            yield
-            return
         for layer, policy in self._mixed:
             layer.dtype_policy = policy.variable_dtype
         try:
@@ -117,103 +134,59 @@ class FlatParameters:
             for layer, policy in self._mixed:
                 layer.dtype_policy = policy
 
-    def read(self):
-        """Current values of the chosen variables as one tensor `(n,)`."""
-        return tf.concat(
-            [tf.reshape(tf.cast(tf.convert_to_tensor(v.value), self.dtype), [-1]) for v in self.variables],
-            axis=0,
-        )
+    def forward(self, theta, non_trainable, x, *, block=None, training=False,
+                return_losses=False):
+        """The model's outputs on `x` at `theta` (and `block`); with `return_losses` also the
+        list of its added losses (regularisers), each cast to `dtype`."""
+        takes_training = "training" in self.model.call_signature_parameters
+        kwargs = {"training": training} if takes_training else {}
+        with self.full_precision():
+            result = self.model.stateless_call(self.values(theta, block), list(non_trainable), x,
+                                               return_losses=return_losses, **kwargs)
+        if not return_losses:
+            return result[0]
+        return result[0], [ops.cast(item, self.dtype) for item in result[2]]
 
-    def unflatten(self, theta):
-        """`(n,)` -> list of tensors with the chosen variables' shapes/dtypes."""
-        parts = tf.split(theta, self.sizes, axis=0)
-        return [tf.cast(tf.reshape(p, s), d) for p, s, d in zip(parts, self.shapes, self.var_dtypes)]
+    def outputs(self, theta, non_trainable, x, *, block=None, training=False):
+        """The outputs as one (N, K) matrix (`as_matrix`)."""
+        return as_matrix(self.forward(theta, non_trainable, x, block=block, training=training))[0]
 
-    def split(self, theta):
-        """Values of *all* trainable variables, the chosen ones taken from `theta`."""
-        chosen = self.unflatten(theta)
-        return [
-            tf.convert_to_tensor(v.value) if i is None else chosen[i]
-            for v, i in zip(self.all_variables, self._slot)
-        ]
+    def num_outputs(self, x):
+        """K, the width of `outputs` on inputs shaped like `x` (shape inference, no run)."""
+        spec = keras.tree.map_structure(lambda a: keras.KerasTensor((1, *a.shape[1:]), a.dtype), x)
+        out = self.model.compute_output_spec(spec)
+        return sum(int(np.prod(o.shape[1:])) for o in keras.tree.flatten(out))
 
-    def non_trainable_values(self):
-        return [tf.convert_to_tensor(v.value) for v in self.model.non_trainable_variables]
-
-
-def flat_outputs(out):
-    """Model outputs reshaped to `(batch, K)` (multiple outputs concatenated)."""
-    parts = [tf.reshape(o, [tf.shape(o)[0], -1]) for o in tf.nest.flatten(out)]
-    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
-
-
-def model_outputs(flat, theta, x, *, training=False, return_losses=False):
-    """Runs `model.stateless_call` with the chosen parameters set to `theta`.
-
-    Returns the outputs, and if `return_losses` also the list of the model's
-    added losses (e.g. weight regularisation), cast to `flat.dtype`.
-    """
-    model = flat.model
-    kwargs = {}
-    if "training" in getattr(model, "call_signature_parameters", ("training",)):
-        kwargs["training"] = training
-    with flat.full_precision():
-        result = model.stateless_call(
-            flat.split(theta), flat.non_trainable_values(), x, return_losses=return_losses, **kwargs
-        )
-    if not return_losses:
-        return result[0]
-    outputs, _, losses = result
-    return outputs, [tf.cast(item, flat.dtype) for item in (losses or [])]
+    def loss(self, loss, theta, non_trainable, x, y, sample_weight=None, *, block=None,
+             training=False, include_regularization=True):
+        """The scalar `L = loss(y, model(x), sample_weight) [+ the model's added losses]`."""
+        outputs, added = self.forward(theta, non_trainable, x, block=block, training=training,
+                                      return_losses=True)
+        value = loss_value(loss, y, outputs, sample_weight, self.dtype)
+        return value + sum(added) if include_regularization and added else value
 
 
-def traced_outputs(flat, x, *, training=False):
-    """The concrete function `x -> flat_outputs(model(x))` at the current
-    parameters, traced for inputs shaped like `x` and not run (its graph and
-    output shapes describe the forward pass without allocating it)."""
-    spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), x)
-    fn = tf.function(lambda x: flat_outputs(model_outputs(flat, flat.read(), x, training=training)),
-                     autograph=False)
-    return fn.get_concrete_function(spec)
-
-
-def loss_term(flat, loss, outputs, y, sample_weight):
-    """Scalar `loss(y, outputs[, sample_weight])` (averaged if not scalar)."""
+def loss_value(loss, y, outputs, sample_weight, dtype):
+    """`loss(y, outputs[, sample_weight])` as a scalar of `dtype` (a non-scalar is averaged)."""
     if sample_weight is None:
         value = loss(y, outputs)
     else:
         value = loss(y, outputs, sample_weight=sample_weight)
-    value = tf.convert_to_tensor(value)
-    if value.shape.rank:
-        value = tf.reduce_mean(value)
-    return tf.cast(value, flat.dtype)
+    return ops.cast(ops.mean(value) if len(value.shape) else value, dtype)
 
 
-def loss_value(flat, loss, theta, x, y, sample_weight, *, training, include_regularization):
-    """Scalar training objective `loss(y, model(x; theta)) [+ added losses]`."""
-    outputs, extra = model_outputs(flat, theta, x, training=training, return_losses=True)
-    value = loss_term(flat, loss, outputs, y, sample_weight)
-    if include_regularization:
-        for item in extra:
-            value = value + item
-    return value
+def as_matrix(outputs):
+    """`(matrix, restore)`: the outputs as one (N, K) matrix (several outputs side by side,
+    each flattened row-major), and `restore(matrix)`, its inverse."""
+    parts = keras.tree.flatten(outputs)
+    shapes = [tuple(p.shape[1:]) for p in parts]
+    widths = [int(np.prod(s)) for s in shapes]
+    matrix = ops.concatenate([ops.reshape(p, (-1, w)) for p, w in zip(parts, widths)], axis=1)
 
+    def restore(matrix):
+        cuts = np.cumsum(widths)[:-1].tolist()
+        pieces = ops.split(matrix, cuts, axis=1) if cuts else [matrix]
+        pieces = [ops.reshape(p, (-1, *s)) for p, s in zip(pieces, shapes)]
+        return keras.tree.pack_sequence_as(outputs, pieces)
 
-def convert_in(v, size, dtype, name="v"):
-    """Checks a vector `(size,)`; returns `(tensor in dtype, is_tensor, in_dtype)`."""
-    is_tensor = tf.is_tensor(v)
-    if is_tensor:
-        in_dtype = v.dtype
-    else:
-        v = np.asarray(v)
-        in_dtype = v.dtype if v.dtype in (np.float32, np.float64) else np.float64
-    if tuple(v.shape) != (size,):
-        raise val.invalid(name, f"a vector of shape ({size},)", f"<shape {tuple(v.shape)}>")
-    return tf.cast(tf.convert_to_tensor(v), dtype), is_tensor, in_dtype
-
-
-def convert_out(t, is_tensor, in_dtype):
-    """Returns `t` as the caller gave its input: a tensor or a NumPy array."""
-    if is_tensor:
-        return tf.cast(t, in_dtype)
-    return t.numpy().astype(in_dtype, copy=False)
+    return matrix, restore

@@ -1,67 +1,294 @@
-"""Curvature operators of a Keras model (one import point).
+"""Curvature operators of a Keras model and the one-call entry points.
 
-An operator is a callable `v -> A v` on the flat vector of the chosen trainable
-parameters of a model (size `n`; all trainable variables by default, in the
-order of `model.trainable_variables`, each flattened row-major). It accepts
-float32 or float64 NumPy arrays or tensors of shape `(n,)` and returns the same
-kind and dtype; the products are computed in the model's parameter dtype
-inside a compiled `tf.function` (float32 under mixed precision).
-
-The code lives in one module per job:
-
-* `flat`: flat parameter vectors, the stateless forward pass, the loss;
-* `data`: batches and datasets (read once, bounded);
-* `hessian`: Hessian and generalised Gauss-Newton products (`HessianOperator`);
-* `ntk`: empirical NTK products and Jacobians (`NTKOperator`);
-* `errors`: layers that cannot be differentiated twice.
-
-Operators never change the model or its optimizer.
+An operator is a callable `v -> A v` on the block (m,) of the chosen trainable parameters
+(see `flat`): NumPy in, NumPy out of the same dtype; tensor in, tensor out; one compiled
+call a product (`products`), in the parameters' dtype (float32 under mixed precision).
+Nothing here changes the model, its BatchNorm statistics or its optimizer. Data is read
+once, when an operator is built (`data.read_batches`): `L = sum_b N_b L_b / sum_b N_b`.
 """
 
-from keras_dynloss.curvature.errors import NotTwiceDifferentiableError
-from keras_dynloss.curvature.errors import output_probes
-from keras_dynloss.curvature.errors import run_guarded
-from keras_dynloss.curvature.flat import FlatParameters
-from keras_dynloss.curvature.flat import flat_outputs
-from keras_dynloss.curvature.flat import loss_value
-from keras_dynloss.curvature.flat import model_outputs
-from keras_dynloss.curvature.hessian import HVP_MODES
-from keras_dynloss.curvature.hessian import OPERATORS
-from keras_dynloss.curvature.hessian import HessianOperator
-from keras_dynloss.curvature.hessian import curvature_fn
-from keras_dynloss.curvature.hessian import ggn_fn
-from keras_dynloss.curvature.hessian import grad_fn
-from keras_dynloss.curvature.hessian import hvp_fn
-from keras_dynloss.curvature.hessian import linearized_curvature_fn
-from keras_dynloss.curvature.micro_batches import micro_batched_curvature_fn
-from keras_dynloss.curvature.micro_batches import micro_batched_ntk_fn
-from keras_dynloss.curvature.ntk import NTKOperator
-from keras_dynloss.curvature.ntk import ntk_jacobian
-from keras_dynloss.curvature.ntk import ntk_linearized_fn
-from keras_dynloss.curvature.ntk import ntk_matvec_fn
-from keras_dynloss.curvature.ntk import num_samples_and_outputs
+import keras
+import numpy as np
+from keras import ops
 
-__all__ = [
-    "FlatParameters",
-    "HVP_MODES",
-    "HessianOperator",
-    "NTKOperator",
-    "NotTwiceDifferentiableError",
-    "OPERATORS",
-    "curvature_fn",
-    "flat_outputs",
-    "ggn_fn",
-    "grad_fn",
-    "hvp_fn",
-    "linearized_curvature_fn",
-    "loss_value",
-    "micro_batched_curvature_fn",
-    "micro_batched_ntk_fn",
-    "model_outputs",
-    "ntk_jacobian",
-    "ntk_linearized_fn",
-    "ntk_matvec_fn",
-    "num_samples_and_outputs",
-    "output_probes",
-    "run_guarded",
-]
+from keras_dynloss import _checks
+from keras_dynloss import backend
+from keras_dynloss.curvature import products
+from keras_dynloss.curvature.data import as_tensors
+from keras_dynloss.curvature.data import num_rows
+from keras_dynloss.curvature.data import read_batches
+from keras_dynloss.curvature.flat import FlatParameters
+from keras_dynloss.curvature.lanczos import lanczos
+from keras_dynloss.curvature.results import EigenResult
+from keras_dynloss.curvature.trace import hutchinson_trace
+from keras_dynloss.curvature.trace import spectral_density
+
+#: `ntk_eigenvalues(algorithm="auto")` forms the Jacobian only up to this many bytes
+#: (`8 N K m`, float64); above, it runs matrix-free Lanczos.
+DENSE_NTK_MAX_BYTES = 2**28
+_OPTIONS = ("variables", "operator", "num_batches", "training", "include_regularization")
+
+
+def _at_model_step(model, loss):
+    """A dynamical loss bound to no step, at the model's optimizer step (if it has one)."""
+    _checks.check_callable("loss", loss)
+    if (getattr(loss, "step", 0) is None and hasattr(loss, "at_step")
+            and getattr(model, "optimizer", None) is not None):
+        return loss.at_step(int(ops.convert_to_numpy(model.optimizer.iterations)))
+    return loss
+
+
+def _compiled(flat, fn, x, training):
+    """`fn` compiled for the backend, TensorFlow's missing second derivatives named."""
+    fn = backend.get().compile_function(fn)
+    if backend.name() == "tensorflow":
+        from keras_dynloss.curvature.errors import guard
+        fn = guard(flat, fn, x, training=training)
+    return fn
+
+
+def _replicas(model):
+    """The devices of a multi-replica MirroredStrategy holding `model` (TensorFlow), or None."""
+    if backend.name() == "tensorflow":
+        from keras_dynloss.curvature.distributed import replica_devices
+        return replica_devices(model)
+    return None
+
+
+def _mean(results):
+    """`sum_b N_b r_b / sum_b N_b` over `[(N_b, r_b)]` (a lone result as it is)."""
+    if len(results) == 1:
+        return results[0][1]
+    total = sum(n * ops.convert_to_numpy(r).astype(np.float64) for n, r in results)
+    return total / sum(n for n, _ in results)
+
+
+class _Operator:
+    """`__call__` and `dense` over a `_product(v)` on tensors of `dtype`."""
+
+    _argument = "v"
+
+    def __call__(self, v):
+        """`A v` for v (size,): a NumPy array (float64 unless float32) or a tensor, returned
+        alike."""
+        is_tensor = ops.is_tensor(v)
+        if is_tensor:
+            v_dtype = keras.backend.standardize_dtype(v.dtype)
+        else:
+            v = np.asarray(v)
+            v = v if v.dtype == np.float32 else v.astype(np.float64)
+        if tuple(v.shape) != (self.size,):
+            raise _checks.invalid(self._argument, f"a vector of shape ({self.size},)",
+                                  f"<shape {tuple(v.shape)}>")
+        self.num_matvecs += 1
+        out = self._product(ops.cast(ops.convert_to_tensor(v), self.dtype))
+        if is_tensor:
+            return ops.cast(out, v_dtype)
+        return np.asarray(ops.convert_to_numpy(out), v.dtype)
+
+    def dense(self):
+        """The matrix (size, size) in float64, column by column (`size` products)."""
+        eye = np.eye(self.size)
+        return np.stack([self(eye[i]) for i in range(self.size)], axis=1)
+
+
+class HessianOperator(_Operator):
+    """`v -> A v`: the Hessian `H = d^2 L / d theta^2` or the generalised Gauss-Newton
+    `G = J^T H_out J (+ the Hessian of the added losses)` of a model's loss (`products`).
+
+    Args:
+        model: a built `keras.Model`.
+        loss: `loss(y, outputs[, sample_weight])`, e.g. a `keras.losses.Loss`; a dynamical
+            loss bound to no step is taken at the model's optimizer step.
+        data: an `(x, y[, sample_weight])` batch or a `tf.data.Dataset` of them, read once
+            (`data.read_batches`); `num_batches`: use its first batches only.
+        variables: None (every trainable variable) or variables and/or layers: the block.
+        operator: `"hessian"` or `"gauss_newton"`.
+        training: run the model in training mode (Dropout, BatchNorm batch statistics).
+        include_regularization: add the model's added losses (`model.losses`) to `L`.
+        micro_batch_size: sub-batch size dividing every batch (`products`); None: whole.
+
+    Attributes: `size` (m), `dtype` (of the products), `num_matvecs`, `batches` (the
+    `(x, y, sample_weight or None)` read from `data`).
+
+    Example:
+        >>> op = HessianOperator(model, keras.losses.MeanSquaredError(), (x, y))
+        >>> op(np.ones(op.size))     # float64 (m,)
+    """
+
+    def __init__(self, model, loss, data, *, variables=None, operator="hessian",
+                 num_batches=None, training=False, include_regularization=True,
+                 micro_batch_size=None):
+        kwargs = dict(training=_checks.check_bool("training", training),
+                      include_regularization=_checks.check_bool(
+                          "include_regularization", include_regularization))
+        self.flat = flat = FlatParameters(model, variables)
+        self.loss = loss = _at_model_step(model, loss)
+        self._batches = read_batches(data, num_batches)
+        self.batches = [batch[:3] for batch in self._batches]
+        fn = products.curvature_fn(flat, loss, operator=operator,
+                                   micro_batch_size=micro_batch_size, **kwargs)
+        for x, *_ in self._batches:  # micro_batch_size must divide every batch
+            products.sub_batches(x, micro_batch_size)
+        if _replicas(model):
+            from keras_dynloss.curvature.distributed import sharded_curvature_fn
+            fn = sharded_curvature_fn(fn, _replicas(model))
+        x0 = self._batches[0][0]
+        self._matvec = _compiled(flat, lambda t, s, v, x, y, sw: fn(t, s, x, y, sw)(v), x0,
+                                 training)
+        self._gradient = _compiled(flat, products.gradient_fn(flat, loss, **kwargs), x0, training)
+        self.size, self.dtype, self.num_matvecs = flat.size, flat.dtype, 0
+
+    def _product(self, v):
+        theta, state = self.flat.read(), self.flat.non_trainable()
+        return _mean([(n, self._matvec(theta, state, v, x, y, sw))
+                      for x, y, sw, n in self._batches])
+
+    def gradient(self):
+        """`(grad L, L)`: a NumPy float64 array (m,) and a float."""
+        theta, state = self.flat.read(), self.flat.non_trainable()
+        results = [(n, self._gradient(theta, state, x, y, sw)) for x, y, sw, n in self._batches]
+        value, grad = [np.asarray(ops.convert_to_numpy(_mean([(n, r[i]) for n, r in results])),
+                                  np.float64) for i in (0, 1)]
+        return grad, float(value)
+
+
+class NTKOperator(_Operator):
+    """`u -> Theta u`: the empirical NTK of the model's outputs on a batch, matrix free.
+
+    Traced (default): `Theta = sum_c J_c J_c^T`, (N, N); full: `Theta = J J^T`, (N*K, N*K),
+    rows `i*K + c`; `J_c[i] = d f_c(x_i) / d theta` (the outputs flattened to K channels).
+    Each product records the forward pass once and runs the K channels on it.
+
+    Args: `model` (built), `x` (N inputs), `trace_outputs` (traced or full kernel),
+    `training` and `variables` as in `HessianOperator`.
+
+    Attributes: `size` (N or N*K), `num_samples` (N), `num_outputs` (K), `dtype`,
+    `num_matvecs`.
+
+    Example:
+        >>> NTKOperator(model, x[:64])(np.ones(64))
+    """
+
+    _argument = "u"
+
+    def __init__(self, model, x, *, trace_outputs=True, training=False, variables=None):
+        self.trace_outputs = trace = _checks.check_bool("trace_outputs", trace_outputs)
+        self.training = training = _checks.check_bool("training", training)
+        self.flat = flat = FlatParameters(model, variables)
+        self.x = as_tensors(x)
+        self.num_samples, self.num_outputs = num_rows(self.x), flat.num_outputs(self.x)
+        self.size = self.num_samples * (1 if trace else self.num_outputs)
+        if _replicas(model):
+            from keras_dynloss.curvature.distributed import sharded_ntk_fn
+            fn = sharded_ntk_fn(flat, _replicas(model), trace_outputs=trace, training=training)
+        else:  # JAX: unrolled channels (XLA's CPU backend runs convolutions in loops slowly)
+            fn = products.ntk_fn(flat, trace_outputs=trace, training=training,
+                                 unroll_outputs=backend.name() == "jax")
+        self._fn = _compiled(flat, lambda t, s, u, x: fn(t, s, x)(u), self.x, training)
+        self.dtype, self.num_matvecs = flat.dtype, 0
+
+    def _product(self, u):
+        return self._fn(self.flat.read(), self.flat.non_trainable(), u, self.x)
+
+    def gram(self, batch_size=None):
+        """`Theta` (size, size) in float64 from the explicit Jacobian, `batch_size` samples
+        at a time (default all)."""
+        step = _checks.check_int("batch_size", batch_size, minimum=1, allow_none=True)
+        step = step or self.num_samples
+        jacobian = products.jacobian_fn(self.flat, training=self.training)
+        jacobian = _compiled(self.flat, jacobian, self.x, self.training)
+        theta, state = self.flat.read(), self.flat.non_trainable()
+        j = np.concatenate([ops.convert_to_numpy(jacobian(theta, state, keras.tree.map_structure(
+            lambda a: a[i:i + step], self.x))) for i in range(0, self.num_samples, step)])
+        j = j.astype(np.float64)
+        if self.trace_outputs:
+            return np.einsum("ikp,jkp->ij", j, j)
+        j = j.reshape(-1, j.shape[-1])
+        return j @ j.T
+
+
+def hessian_eigenvalues(model, loss, data, k=1, *, order=None, tol=1e-4, which="largest",
+                        seed=0, variables=None, operator="hessian", num_batches=None,
+                        training=False, include_regularization=True, return_eigenvectors=False):
+    """`k` extreme eigenvalues of the loss Hessian (or Gauss-Newton matrix) by Lanczos.
+
+    Args: `model`, `loss`, `data`, `variables`, `operator`, `num_batches`, `training`,
+    `include_regularization` as in `HessianOperator`; `k`, `order` (Lanczos steps, default
+    `min(m, max(2k + 10, 20))`), `tol`, `which` (`"largest"`, `"smallest"`, `"magnitude"`),
+    `seed`, `return_eigenvectors` as in `lanczos.lanczos`.
+
+    Returns an `EigenResult`, eigenvalues (k,) largest first (eigenvectors (m, k) if asked).
+    Example:
+        >>> hessian_eigenvalues(model, model.loss, (x, y), k=3).eigenvalues
+    """
+    op = HessianOperator(model, loss, data, **{k: v for k, v in locals().items() if k in _OPTIONS})
+    return lanczos(op, op.size, k=k, order=order, which=which, tol=tol, seed=seed,
+                   return_eigenvectors=return_eigenvectors)
+
+
+def hessian_trace(model, loss, data, *, num_samples=100, distribution="rademacher", seed=0,
+                  variables=None, operator="hessian", num_batches=None, training=False,
+                  include_regularization=True):
+    """Hutchinson's estimate of `tr(H) = E[z^T H z]` from `num_samples` products with
+    `"rademacher"` or `"gaussian"` probes; the rest as in `hessian_eigenvalues`.
+
+    Returns a `TraceResult` (`.trace`, `.stderr`). Example:
+        >>> hessian_trace(model, loss, (x, y), num_samples=50).trace
+    """
+    op = HessianOperator(model, loss, data, **{k: v for k, v in locals().items() if k in _OPTIONS})
+    return hutchinson_trace(op, op.size, num_samples=num_samples, distribution=distribution,
+                            seed=seed)
+
+
+def hessian_density(model, loss, data, *, num_vectors=8, order=30, sigma=None, grid=None,
+                    num_points=512, seed=0, variables=None, operator="hessian", num_batches=None,
+                    training=False, include_regularization=True):
+    """Spectral density of the Hessian by stochastic Lanczos quadrature, `num_vectors` runs
+    of `order` products (`trace.spectral_density`); the rest as in `hessian_eigenvalues`.
+
+    Returns a `DensityResult` (`.grid`, `.density`, `.nodes`, `.weights`). Example:
+        >>> res = hessian_density(model, loss, (x, y), order=40)
+    """
+    op = HessianOperator(model, loss, data, **{k: v for k, v in locals().items() if k in _OPTIONS})
+    return spectral_density(op, op.size, num_vectors=num_vectors, order=order, sigma=sigma,
+                            grid=grid, num_points=num_points, seed=seed)
+
+
+def ntk_gram(model, x, *, trace_outputs=True, training=False, batch_size=None, variables=None):
+    """The empirical NTK from the explicit Jacobian `J[i, c] = d f_c(x_i) / d theta`: traced
+    `Theta[i, j] = sum_c J[i, c] . J[j, c]` (N, N), full `Theta[i*K + c, j*K + d] = J[i, c] .
+    J[j, d]` (N*K, N*K); arguments as in `NTKOperator`, `batch_size` samples per Jacobian
+    chunk (default all). Memory `N K m` numbers.
+
+    Returns a float64 NumPy array. Example:
+        >>> ntk_gram(model, x[:32]).shape
+        (32, 32)
+    """
+    op = NTKOperator(model, x, trace_outputs=trace_outputs, training=training,
+                     variables=variables)
+    return op.gram(batch_size)
+
+
+def ntk_eigenvalues(model, x, k=1, *, trace_outputs=True, algorithm="auto", order=None, seed=0,
+                    training=False, batch_size=None, variables=None):
+    """`k` largest eigenvalues of the empirical NTK (`NTKOperator`).
+
+    Args: `model`, `x`, `trace_outputs`, `training`, `variables` as in `NTKOperator`; `k`;
+    `algorithm`: `"dense"` (`ntk_gram` in chunks of `batch_size`, then
+    `numpy.linalg.eigvalsh`: exact), `"lanczos"` (matrix free, `order` products, `seed`) or
+    `"auto"` (dense when the Jacobian takes at most `DENSE_NTK_MAX_BYTES` as float64).
+
+    Returns an `EigenResult`, eigenvalues (k,) largest first; `.method` says which ran.
+    Example:
+        >>> ntk_eigenvalues(model, x[:100], k=2).eigenvalues
+    """
+    algorithm = _checks.check_choice("algorithm", algorithm, ("auto", "dense", "lanczos"))
+    op = NTKOperator(model, x, trace_outputs=trace_outputs, training=training,
+                     variables=variables)
+    k = _checks.check_int("k", k, minimum=1, maximum=op.size)
+    jacobian_bytes = 8 * op.num_samples * op.num_outputs * op.flat.size
+    if algorithm == "lanczos" or (algorithm == "auto" and jacobian_bytes > DENSE_NTK_MAX_BYTES):
+        return lanczos(op, op.size, k=k, order=order, seed=seed)
+    values = np.linalg.eigvalsh(op.gram(batch_size))[::-1][:k].copy()
+    return EigenResult(values, None, np.zeros(k), True, 0, "dense")

@@ -1,5 +1,5 @@
-"""Result types of the spectral algorithms: small frozen dataclasses that say how
-far to trust a value (products used, residuals, standard errors, convergence)."""
+"""Results of the spectral algorithms: frozen dataclasses of NumPy values that say how far
+to trust them (residuals, standard errors, convergence, products used)."""
 
 import dataclasses
 from typing import Optional
@@ -7,60 +7,18 @@ from typing import Optional
 import numpy as np
 
 
-# --------------------------------------------------------------------------- #
-@dataclasses.dataclass(frozen=True, eq=False)
-class LanczosDecomposition:
-    """A Lanczos factorisation `A Q ≈ Q T` of a symmetric operator.
-
-    Attributes:
-        alphas: float64 array `(m,)`, diagonal of the tridiagonal matrix `T`.
-        betas: float64 array `(m - 1,)`, off-diagonal of `T`. A zero marks a
-            breakdown after which the iteration was restarted with a fresh vector
-            orthogonal to the basis (T is then block diagonal).
-        basis: float64 array `(n, m)` with orthonormal columns `Q`, or `None` if
-            not kept.
-        residual_norm: `beta_m = ||A q_m - alpha_m q_m - beta_{m-1} q_{m-1}||`
-            after the last step; the Ritz residuals are `beta_m * |s_{m,i}|`.
-        num_matvecs: number of products with `A` used (`m`).
-        breakdowns: number of breakdowns (invariant subspaces) met.
-    """
-
-    alphas: np.ndarray
-    betas: np.ndarray
-    basis: Optional[np.ndarray]
-    residual_norm: float
-    num_matvecs: int
-    breakdowns: int
-
-    @property
-    def order(self):
-        """Number of Lanczos steps `m` (size of `T`)."""
-        return int(self.alphas.shape[0])
-
-    def tridiagonal(self):
-        """Returns the dense float64 tridiagonal matrix `T`, shape `(m, m)`."""
-        return (
-            np.diag(self.alphas)
-            + np.diag(self.betas, 1)
-            + np.diag(self.betas, -1)
-        )
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class EigenResult:
-    """Leading eigenpairs of a symmetric operator.
+    """Extreme eigenpairs of a symmetric operator `A`.
 
     Attributes:
-        eigenvalues: float64 array `(k,)`, largest first.
-        eigenvectors: float64 array `(n, k)` (column `i` belongs to
-            `eigenvalues[i]`), or `None` if not requested.
-        residuals: float64 array `(k,)`, `||A u_i - lambda_i u_i||` for unit `u_i`
-            (for Lanczos the standard bound `beta_m |s_{m,i}|`, no extra product).
-            The eigenvalue error is at most the residual, and typically of order
-            `residual**2 / gap`.
-        converged: `True` when every residual is `<= tol * max(|lambda_i|, tiny)`.
-        num_matvecs: number of products with `A` used.
-        method: `"lanczos"`, `"power_iteration"` or `"dense"`.
+        eigenvalues: array `(k,)`, largest first.
+        eigenvectors: array `(n, k)`, unit column `i` for `eigenvalues[i]`, or `None`.
+        residuals: array `(k,)`, `||A u_i - lambda_i u_i||`; each eigenvalue is within its
+            residual of an eigenvalue of `A`.
+        converged: whether every `residuals[i] <= tol |eigenvalues[i]|`.
+        num_matvecs: products with `A` used.
+        method: the algorithm, e.g. `"lanczos"`.
     """
 
     eigenvalues: np.ndarray
@@ -72,19 +30,20 @@ class EigenResult:
 
     @property
     def max_eigenvalue(self):
+        """The largest eigenvalue found, `eigenvalues[0]`."""
         return float(self.eigenvalues[0])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TraceResult:
-    """Hutchinson estimate of `tr(A)`.
+    """Hutchinson's estimate of `tr(A) = E[z^T A z]` (probes with `E[z z^T] = I`).
 
     Attributes:
-        trace: the estimate `mean_i(z_i^T A z_i)`.
-        stderr: its standard error `std_i(z_i^T A z_i) / sqrt(s)` (ddof=1).
-        num_samples: number `s` of probe vectors.
-        num_matvecs: number of products with `A` used (`s`).
-        samples: float64 array `(s,)` of the individual `z_i^T A z_i`.
+        trace: the mean of the samples.
+        stderr: its standard error, `std(samples, ddof=1) / sqrt(s)`.
+        num_samples: number of probes `s`.
+        num_matvecs: products with `A` used (`s`).
+        samples: array `(s,)` of `z_i^T A z_i`.
     """
 
     trace: float
@@ -96,25 +55,20 @@ class TraceResult:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DensityResult:
-    """Spectral density estimated by stochastic Lanczos quadrature (SLQ).
+    """Spectral density of `A` (size `n`) by stochastic Lanczos quadrature:
 
-    The density is the Gaussian-smoothed empirical spectral measure
+        phi(t) = 1/n sum_i N(t; lambda_i, sigma^2) ~ 1/V sum_v sum_j w_vj N(t; theta_vj, sigma^2)
 
-        phi(t) = 1/n sum_i N(t; lambda_i, sigma^2)
-               ≈ 1/V sum_v sum_j w_{v,j} N(t; theta_{v,j}, sigma^2),
-
-    where `theta_{v,j}` are the Ritz values (quadrature nodes) of the Lanczos
-    run started at the `v`-th random unit vector and `w_{v,j}` the squared first
-    components of the Ritz vectors (quadrature weights, summing to 1 per run).
+    with the Ritz values `theta_vj` (nodes) and squared first eigenvector components `w_vj`
+    (weights, summing to 1 per run) of the Lanczos run `v` of `V`.
 
     Attributes:
-        grid: float64 array `(g,)`, points where the density is evaluated.
-        density: float64 array `(g,)`, `phi(grid)`; integrates to ~1.
-        nodes: float64 array `(V, m)`, Ritz values per run (padded with NaN when
-            a run ended early at an invariant subspace).
-        weights: float64 array `(V, m)`, quadrature weights (0 where padded).
+        grid: array `(g,)` of evaluation points.
+        density: array `(g,)`, `phi(grid)`; it integrates to 1.
+        nodes: array `(V, m)`, NaN where a run stopped early (an invariant subspace).
+        weights: array `(V, m)`, 0 where `nodes` is NaN.
         sigma: width of the Gaussian kernel.
-        num_matvecs: number of products with `A` used.
+        num_matvecs: products with `A` used.
     """
 
     grid: np.ndarray
@@ -126,12 +80,44 @@ class DensityResult:
 
     @property
     def eigenvalues(self):
-        """Quadrature nodes of all runs, largest first, shape `(V * m',)`."""
-        flat = self.nodes[np.isfinite(self.nodes)]
-        return np.sort(flat)[::-1]
+        """The finite nodes of all runs, largest first, array `(<= V m,)`."""
+        return np.sort(self.nodes[np.isfinite(self.nodes)])[::-1]
 
     def mass(self, low, high):
-        """Quadrature mass (fraction of the spectrum) in `[low, high]`."""
-        ok = np.isfinite(self.nodes)
-        inside = ok & (self.nodes >= low) & (self.nodes <= high)
+        """The estimated fraction of the eigenvalues in `[low, high]`: the mean over runs of
+        the weights of the nodes there."""
+        inside = (self.nodes >= low) & (self.nodes <= high)  # False at NaN
         return float(self.weights[inside].sum() / self.nodes.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LanczosDecomposition:
+    """A Lanczos factorisation `A Q = Q T + r e_m^T` of a symmetric `A` (size `n`).
+
+    `Q` (n, m) has orthonormal columns, `T = Q^T A Q` is tridiagonal and `Q^T r = 0`: the
+    Ritz pair `(theta_i, Q s_i)` of `T s_i = theta_i s_i` has residual `||r|| |s_i[m-1]|`.
+
+    Attributes:
+        alphas: array `(m,)`, the diagonal of `T`.
+        betas: array `(m - 1,)`, its off-diagonal; 0 after a breakdown (`T` block diagonal).
+        basis: array `(n, m)`, `Q`, or `None` if not kept.
+        residual_norm: `||r||`.
+        num_matvecs: products with `A` used (`m`).
+        breakdowns: invariant subspaces met before the last step.
+    """
+
+    alphas: np.ndarray
+    betas: np.ndarray
+    basis: Optional[np.ndarray]
+    residual_norm: float
+    num_matvecs: int
+    breakdowns: int
+
+    @property
+    def order(self):
+        """The number of steps `m`."""
+        return int(self.alphas.shape[0])
+
+    def tridiagonal(self):
+        """The dense `T`, array `(m, m)`."""
+        return np.diag(self.alphas) + np.diag(self.betas, 1) + np.diag(self.betas, -1)

@@ -1,89 +1,159 @@
-"""Hutchinson's trace estimator on a matrix-free operator: the one compiled
-loop (`hutchinson_loop`, also run inside `CurvatureProbe`) and its host API
-(`hutchinson_trace`)."""
+"""Hutchinson's trace estimator and stochastic Lanczos quadrature (spectral density).
+
+`hutchinson_loop` is the in-graph estimator (an `ops.fori_loop`, traceable like
+`lanczos.lanczos_loop`); `hutchinson_trace` drives the same sample from Python for any
+callable, NumPy included, and `spectral_density` runs on the host Lanczos.
+"""
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_dynloss import _checks as val
-from keras_dynloss.curvature._host import _check_common, _check_seed, _tensor_matvec
-from keras_dynloss.curvature.results import TraceResult
+from keras_dynloss import _checks
+from keras_dynloss import backend
+from keras_dynloss.curvature.lanczos import _check_operator, _host_matvec, krylov_dtype
+from keras_dynloss.curvature.lanczos import lanczos_tridiagonal
+from keras_dynloss.curvature.results import DensityResult, TraceResult
+
+_DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
-def hutchinson_trace(
-    matvec, size, *, num_samples=100, distribution="rademacher", seed=0
-):
-    """Hutchinson's stochastic trace estimator with its standard error.
+def _probe(n, seed, distribution, dtype):
+    """A random vector `(n,)` with `E[z z^T] = I`: entries +-1 or standard normal."""
+    if distribution == "rademacher":
+        return 2.0 * ops.cast(backend.get().uniform((n,), seed, dtype) >= 0, dtype) - 1.0
+    return backend.get().normal((n,), seed, dtype)
 
-    `tr(A) ≈ 1/s sum_i z_i^T A z_i` with i.i.d. probe vectors `z_i` of shape
-    `(n,)`, `E[z z^T] = I` (Rademacher `±1`, or standard Gaussian). For
-    Rademacher probes the variance of one sample is `2 sum_{i≠j} A_ij^2`.
+
+def _sample(matvec, n, i, seed, distribution, dtype):
+    """`z_i^T A z_i` for the probe `z_i` of seed `fold_in(seed, i)`."""
+    z = _probe(n, backend.fold_in(seed, i), distribution, dtype)
+    return ops.sum(z * ops.cast(matvec(z), dtype))
+
+
+def hutchinson_loop(matvec, n, num_samples, seed, distribution="rademacher"):
+    """The samples `z_i^T A z_i`, `i < num_samples`, as one `ops.fori_loop`.
+
+    `tr(A) = E[z^T A z]` for probes `z` with `E[z z^T] = I`; probe `i` is drawn from
+    `backend.fold_in(seed, i)`, so a run is a function of the seed alone.
 
     Args:
-        matvec: callable `v -> A v` on vectors of shape `(n,)`.
-        size: `n`.
-        num_samples: number of probe vectors `s >= 2` (one product each).
-        distribution: `"rademacher"` (default) or `"gaussian"`.
-        seed: seed of the probe vectors.
+        matvec: `v -> A v` on tensors `(n,)` of `krylov_dtype()`, traceable.
+        n: the size of `A` (a Python int).
+        num_samples: the number of probes `s` (a Python int).
+        seed: an int or an int32 tensor `(2,)`.
+        distribution: `"rademacher"` (entries +-1) or `"gaussian"`.
 
     Returns:
-        A `TraceResult` with `trace` and `stderr = std(samples) / sqrt(s)`.
+        A tensor `(s,)` of `krylov_dtype()`.
+
+    Example:
+        >>> d = ops.convert_to_tensor(np.arange(4.0))
+        >>> ops.convert_to_numpy(hutchinson_loop(lambda v: d * v, 4, 2, 0))
+        array([6., 6.])
+    """
+    dtype = krylov_dtype()
+
+    def body(i, samples):
+        value = _sample(matvec, n, i, seed, distribution, dtype)
+        return ops.slice_update(samples, (i,), value[None])
+
+    return ops.fori_loop(0, num_samples, body, ops.zeros((num_samples,), dtype))
+
+
+def hutchinson_trace(matvec, size, *, num_samples=100, distribution="rademacher", seed=0):
+    """Hutchinson's estimate of `tr(A)` with its standard error.
+
+    `tr(A) ~ 1/s sum_i z_i^T A z_i` with independent probes `z_i` (n,), `E[z z^T] = I`. For
+    Rademacher probes one sample has variance `2 sum_{i != j} A_ij^2`: the estimate is exact
+    for a diagonal `A`.
+
+    Args:
+        matvec, size, seed: as in `lanczos.lanczos_tridiagonal`.
+        num_samples: the number of probes `s >= 2` (one product each).
+        distribution: `"rademacher"` or `"gaussian"`.
+
+    Returns:
+        A `TraceResult`, `stderr = std(samples, ddof=1) / sqrt(s)`.
 
     Example:
         >>> a = np.diag(np.arange(10.0))
         >>> hutchinson_trace(lambda v: a @ v, 10, num_samples=4).trace
         45.0
     """
-    size = _check_common(matvec, size)
-    num_samples = val.check_int("num_samples", num_samples, minimum=2)
-    distribution = val.check_choice(
-        "distribution", distribution, ("rademacher", "gaussian")
-    )
-    samples = hutchinson_loop(
-        _tensor_matvec(matvec), size, num_samples, _check_seed(seed), distribution
-    ).numpy()
-    return TraceResult(
-        trace=float(samples.mean()),
-        stderr=float(samples.std(ddof=1) / np.sqrt(num_samples)),
-        num_samples=num_samples,
-        num_matvecs=num_samples,
-        samples=samples,
-    )
+    size, seed = _check_operator(matvec, size, seed)
+    num_samples = _checks.check_int("num_samples", num_samples, minimum=2)
+    distribution = _checks.check_choice("distribution", distribution, _DISTRIBUTIONS)
+    apply, dtype, seed = _host_matvec(matvec, size), krylov_dtype(), backend.seed_pair(seed)
+    samples = np.array([float(_sample(apply, size, i, seed, distribution, dtype))
+                        for i in range(num_samples)])
+    return TraceResult(trace=float(samples.mean()),
+                       stderr=float(samples.std(ddof=1) / np.sqrt(num_samples)),
+                       num_samples=num_samples, num_matvecs=num_samples, samples=samples)
 
 
-def probe_vectors(n, seed, distribution="rademacher"):
-    """`i -> z_i`, random float64 vectors `(n,)` from a stateless RNG.
+def _gaussian_density(nodes, weights, grid, sigma):
+    """`1/V sum_v sum_j w_vj N(grid; nodes_vj, sigma^2)` (g,) for nodes, weights (V, m)."""
+    nodes = np.nan_to_num(nodes)
+    z = (grid[:, None, None] - nodes[None]) / sigma
+    kernel = np.exp(-0.5 * z**2) / (sigma * np.sqrt(2.0 * np.pi))
+    return (kernel * weights[None]).sum(axis=(1, 2)) / nodes.shape[0]
 
-    Rademacher (`±1`) or standard Gaussian, both with `E[z z^T] = I`. `seed` is
-    an int or an int tensor `(2,)`; vector `i` uses `fold_in(seed, i)`.
+
+def spectral_density(matvec, size, *, num_vectors=8, order=30, sigma=None, grid=None,
+                     num_points=512, seed=0):
+    """Spectral density of a symmetric operator by stochastic Lanczos quadrature (SLQ).
+
+    An `m`-step Lanczos run from a unit vector `v` gives the Gauss quadrature
+    `v^T f(A) v ~ sum_j w_j f(theta_j)` (nodes `theta_j`: the eigenvalues of `T`; weights
+    `w_j`: the squared first components of its eigenvectors). `E[v^T f(A) v] = tr f(A) / n`
+    for a normalised Rademacher `v`, so averaging a Gaussian `f` over `V` vectors estimates
+    `phi(t) = 1/n sum_i N(t; lambda_i, sigma^2)`, a density that integrates to 1.
+
+    Args:
+        matvec, size, seed: as in `lanczos.lanczos_tridiagonal`.
+        num_vectors: the number of start vectors `V`.
+        order: Lanczos steps `m` per vector (at most `n` are taken); a run stops early at
+            an invariant subspace, where the quadrature is exact.
+        sigma: the kernel width; default `0.01 (max node - min node)`, or
+            `1e-3 max(1, |node|)` for a single point.
+        grid: evaluation points `(g,)`; default `num_points` points on
+            `[min node - 6 sigma, max node + 6 sigma]`.
+        num_points: the number of default grid points, >= 2.
+
+    Returns:
+        A `DensityResult`.
+
+    Example:
+        >>> a = np.diag(np.r_[np.zeros(30), 5.0 * np.ones(10)])
+        >>> res = spectral_density(lambda v: a @ v, 40, order=10)
+        >>> round(res.mass(4.0, 6.0), 6)
+        0.25
     """
-    seed = tf.cast(tf.reshape(seed, [-1]), tf.int64)
-    seed = tf.concat([seed, tf.zeros([2], tf.int64)], 0)[:2]
-
-    def one(i):
-        s = tf.random.experimental.stateless_fold_in(seed, i)
-        if distribution == "rademacher":
-            bits = tf.random.stateless_uniform(tf.reshape(n, [1]), seed=s, minval=0, maxval=2, dtype=tf.int64)
-            return tf.cast(2 * bits - 1, tf.float64)
-        return tf.random.stateless_normal(tf.reshape(n, [1]), seed=s, dtype=tf.float64)
-
-    return one
-
-
-def hutchinson_loop(matvec, n, num_samples, seed, distribution="rademacher"):
-    """Samples `z_i^T A z_i`, `i < num_samples`, as a float64 tensor `(s,)`.
-
-    `tr(A) = E[z^T A z]` for probes with `E[z z^T] = I` (see `probe_vectors`).
-    """
-    vector = probe_vectors(n, seed, distribution)
-
-    def body(i, samples):
-        z = vector(i)
-        value = tf.tensordot(z, tf.cast(matvec(z), tf.float64), 1)
-        return i + 1, tf.tensor_scatter_nd_update(samples, [[i]], [value])
-
-    _, samples = tf.while_loop(
-        lambda i, _: i < num_samples, body, (tf.constant(0), tf.zeros([num_samples], tf.float64)),
-        parallel_iterations=1,  # one product (one backward pass) in memory at a time
-    )
-    return samples
+    size, seed = _check_operator(matvec, size, seed)
+    num_vectors = _checks.check_int("num_vectors", num_vectors, minimum=1)
+    order = min(_checks.check_int("order", order, minimum=1), size)
+    num_points = _checks.check_int("num_points", num_points, minimum=2)
+    if sigma is not None:
+        sigma = _checks.check_float("sigma", sigma, positive=True)
+    if grid is not None:
+        grid = np.asarray(grid, np.float64)
+        if grid.ndim != 1 or grid.size < 2 or not np.all(np.isfinite(grid)):
+            raise _checks.invalid("grid", "a finite 1-D array of >= 2 points", grid)
+    nodes, weights = np.full((num_vectors, order), np.nan), np.zeros((num_vectors, order))
+    products = 0
+    for v in range(num_vectors):
+        start = _probe(size, backend.fold_in(backend.seed_pair(seed), v), "rademacher",
+                       krylov_dtype())
+        dec = lanczos_tridiagonal(matvec, size, order=order, start=ops.convert_to_numpy(start),
+                                  keep_basis=False, restart_on_breakdown=False,
+                                  warn_on_breakdown=False)
+        theta, s = np.linalg.eigh(dec.tridiagonal())
+        nodes[v, :dec.order], weights[v, :dec.order] = theta, s[0] ** 2
+        products += dec.num_matvecs
+    low, high = np.nanmin(nodes), np.nanmax(nodes)
+    if sigma is None:
+        sigma = 0.01 * (high - low) if high > low else 1e-3 * max(1.0, abs(high))
+    if grid is None:
+        grid = np.linspace(low - 6.0 * sigma, high + 6.0 * sigma, num_points)
+    return DensityResult(grid=grid, density=_gaussian_density(nodes, weights, grid, sigma),
+                         nodes=nodes, weights=weights, sigma=float(sigma), num_matvecs=products)

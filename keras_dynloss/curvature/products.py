@@ -1,0 +1,276 @@
+"""Hessian, Gauss-Newton and NTK products of a Keras model, written once for every backend.
+
+Each builder returns a pure function of the parameter values and a batch,
+
+    (theta, non_trainable, x, y, sample_weight) -> Linearized,
+
+`theta` (n,) the flat vector of *every* trainable variable, `non_trainable` the list of
+non-trainable values (see `flat`). The call records the forward pass (for the Hessian also
+the gradient) once; the `Linearized` it returns is the matvec `v -> A v` on the block (m,)
+of the chosen variables, each product backward passes only. Inside `tf.function`,
+`jax.jit` or a training step, a Krylov loop over that matvec pays one forward pass per
+batch. Nothing reads or writes the model's variables.
+
+On the loss `L = loss(y, f(x; theta)) (+ the model's added losses)`:
+
+* `"hessian"`: `H v`, `H = d^2 L / d theta^2`;
+* `"gauss_newton"`: `G v = J^T H_out J v (+ H_reg v)`, `J = d f / d theta` the Jacobian of
+  the outputs, `H_out = d^2 loss / d f^2`, `H_reg` the exact Hessian of the added losses;
+* NTK (`ntk_fn`), the outputs as an (N, K) matrix: traced `Theta = sum_c J_c J_c^T`
+  (N, N), or full `Theta = J J^T` (N*K, N*K), rows `i*K + c`.
+
+`micro_batch_size=b`, a divisor of the batch size N (default None: the whole batch),
+bounds memory: every product runs over the N/b sub-batches one at a time, each recording
+its forward pass anew. `A v = sum_r N_r A_r v / N` (exact for a loss averaged over
+samples; added losses enter each sub-batch whole); NTK `J^T u = sum_r J_r^T u_r`, then
+`J w` block by block. In training mode BatchNormalization normalises each sub-batch alone.
+
+Example:
+    >>> flat = FlatParameters(model)
+    >>> hvp = curvature_fn(flat, loss)(flat.read(), flat.non_trainable(), x, y, None)
+    >>> hvp(v)          # (m,), in flat.dtype
+"""
+
+import contextlib
+from typing import Any
+from typing import Callable
+from typing import NamedTuple
+
+import keras
+from keras import ops
+
+from keras_dynloss import _checks
+from keras_dynloss import backend
+from keras_dynloss.curvature.flat import as_matrix
+from keras_dynloss.curvature.flat import loss_value
+
+OPERATORS = ("hessian", "gauss_newton")
+
+
+class Linearized(NamedTuple):
+    """A recorded product, `self(v) = matvec(v)`; the loss `value` and its `gradient` (m,)
+    where the recording has them at no extra cost, else None."""
+
+    matvec: Callable
+    value: Any = None
+    gradient: Any = None
+
+    def __call__(self, v):
+        return self.matvec(v)
+
+
+def _rows(tree, start, size):
+    """Rows `[start, start + size)` of every tensor in `tree` (None stays None)."""
+    def take(a):
+        return ops.slice(a, [start] + [0] * (len(a.shape) - 1), [size, *a.shape[1:]])
+    return None if tree is None else keras.tree.map_structure(take, tree)
+
+
+def sub_batches(x, size):
+    """`(N, R)`: the rows of `x` and its number of sub-batches of `size` (None: one)."""
+    n = ops.shape(keras.tree.flatten(x)[0])[0]
+    if size is None:
+        return n, 1
+    if isinstance(n, int) and n % size:
+        raise _checks.invalid("micro_batch_size", f"a divisor of the batch size {n}", size)
+    return n, n // size
+
+
+def _micro(size):
+    return _checks.check_int("micro_batch_size", size, minimum=1, allow_none=True)
+
+
+def curvature_fn(flat, loss, *, operator="hessian", training=False, include_regularization=True,
+                 micro_batch_size=None):
+    """Builds `(theta, non_trainable, x, y, sample_weight) -> Linearized` of `H` or `G`.
+
+    Args:
+        flat: a `FlatParameters` (the model and the block).
+        loss: `loss(y, outputs[, sample_weight])`, e.g. a `keras.losses.Loss`.
+        operator: `"hessian"` or `"gauss_newton"`.
+        training: run the model in training mode.
+        include_regularization: add the model's added losses to `L`.
+        micro_batch_size: sub-batch size (see the module), default None.
+
+    Returns:
+        The pure function; its `Linearized` maps (m,) to (m,) in `flat.dtype`.
+    """
+    operator = _checks.check_choice("operator", operator, OPERATORS)
+    size = _micro(micro_batch_size)
+    record = _hessian if operator == "hessian" else _gauss_newton
+    kwargs = dict(training=training, include_regularization=include_regularization)
+
+    def fn(theta, non_trainable, x, y, sample_weight=None):
+        if size is None:
+            return record(flat, loss, theta, non_trainable, x, y, sample_weight, **kwargs)
+        _, count = sub_batches(x, size)
+
+        def matvec(v):
+            def body(r, total):
+                batch = [_rows(t, r * size, size) for t in (x, y, sample_weight)]
+                return total + record(flat, loss, theta, non_trainable, *batch, **kwargs)(v)
+            return ops.fori_loop(0, count, body, ops.zeros_like(v)) / ops.cast(count, v.dtype)
+
+        return Linearized(matvec)
+
+    return fn
+
+
+def _hessian(flat, loss, theta, non_trainable, x, y, sw, *, training, include_regularization):
+    def objective(block):
+        return flat.loss(loss, theta, non_trainable, x, y, sw, block=block, training=training,
+                         include_regularization=include_regularization)
+    value, grad, hvp = backend.get().linearize_grad(objective, flat.select(theta))
+    return Linearized(hvp, value, grad)
+
+
+def _gauss_newton(flat, loss, theta, non_trainable, x, y, sw, *, training,
+                  include_regularization):
+    primitives, block, seen = backend.get(), flat.select(theta), {}
+
+    def outputs(block):
+        out, added = flat.forward(theta, non_trainable, x, block=block, training=training,
+                                  return_losses=True)
+        matrix, seen["restore"] = as_matrix(out)
+        seen["added"] = bool(added)
+        return matrix
+
+    out, jvp, vjp = primitives.linearize(outputs, block)
+    value, g_out, h_out = primitives.linearize_grad(
+        lambda o: loss_value(loss, y, seen["restore"](o), sw, flat.dtype), ops.stop_gradient(out))
+    if not (include_regularization and seen["added"]):
+        return Linearized(lambda v: vjp(h_out(jvp(v))), value, vjp(g_out))
+
+    def added_losses(block):
+        return sum(flat.forward(theta, non_trainable, x, block=block, training=training,
+                                return_losses=True)[1])
+    reg, reg_grad, reg_hvp = primitives.linearize_grad(added_losses, block)
+    return Linearized(lambda v: vjp(h_out(jvp(v))) + reg_hvp(v), value + reg, vjp(g_out) + reg_grad)
+
+
+def gradient_fn(flat, loss, *, training=False, include_regularization=True):
+    """Builds `(theta, non_trainable, x, y, sample_weight) -> (L, grad)`, grad (m,)."""
+    def fn(theta, non_trainable, x, y, sample_weight=None):
+        def objective(block):
+            return flat.loss(loss, theta, non_trainable, x, y, sample_weight, block=block,
+                             training=training, include_regularization=include_regularization)
+        return backend.get().value_and_grad(objective, flat.select(theta))
+    return fn
+
+
+def ntk_pieces_matvec(pieces, num_outputs, trace_outputs, unroll_outputs=False):
+    """`u -> Theta u` from linearised row blocks of the outputs.
+
+    Args:
+        pieces: `[(start, stop, jvp, vjp, place)]`, contiguous row blocks covering the N rows
+            in order: `vjp(U_r) = J_r^T U_r` (U_r (rows, K)) and `jvp(w) = J_r w`, each called
+            inside `place()` (a context manager, e.g. a device).
+        num_outputs: K.
+        trace_outputs: traced `(N,)` products or full `(N*K,)` ones.
+        unroll_outputs: traced, the K channels as K unrolled pairs instead of a loop.
+
+    Returns:
+        The matvec: `J J^T U = concat_r J_r (sum_s J_s^T U_s)`; traced, one such pair per
+        channel c on `U = u e_c^T` (in a loop, one pair in memory at a time), column c kept.
+    """
+    def gram(cot):
+        terms = []
+        for start, stop, _, vjp, place in pieces:
+            with place():
+                terms.append(vjp(cot[start:stop]))
+        parts = []
+        for _, _, jvp, _, place in pieces:
+            with place():
+                parts.append(jvp(sum(terms)))
+        return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=0)
+
+    if not trace_outputs:
+        return lambda u: ops.reshape(gram(ops.reshape(u, (-1, num_outputs))), (-1,))
+
+    def matvec(u):
+        def channel(c, total):
+            e = ops.one_hot(c, num_outputs, dtype=u.dtype)
+            return total + ops.matmul(gram(u[:, None] * e[None, :]), e)
+        if not unroll_outputs:
+            return ops.fori_loop(0, num_outputs, channel, ops.zeros_like(u))
+        total = ops.zeros_like(u)
+        for c in range(num_outputs):
+            total = channel(c, total)
+        return total
+    return matvec
+
+
+def ntk_fn(flat, *, trace_outputs=True, training=False, micro_batch_size=None,
+           unroll_outputs=False):
+    """Builds `(theta, non_trainable, x, y=None, sample_weight=None) -> Linearized` of the
+    empirical NTK on the inputs `x` (N samples; `y` and `sample_weight` are ignored).
+
+    Traced: `Theta u = sum_c J_c J_c^T u`, u (N,). Full: `Theta u = J J^T u`, u (N*K,), entry
+    `i*K + c`. On the whole batch the forward pass is recorded once and the K channels run
+    on it (per channel a backward pass and its transpose) in a loop, or with
+    `unroll_outputs` as K unrolled pairs (a larger graph; XLA's CPU backend runs
+    convolutions in loop bodies far slower, jax-ml/jax#12868).
+    """
+    size = _micro(micro_batch_size)
+
+    def fn(theta, non_trainable, x, y=None, sample_weight=None):
+        if size is not None:
+            matvec = _micro_ntk(flat, theta, non_trainable, x, training, trace_outputs, size)
+            return Linearized(matvec)
+        out, jvp, vjp = backend.get().linearize(
+            lambda block: flat.outputs(theta, non_trainable, x, block=block, training=training),
+            flat.select(theta))
+        piece = (0, ops.shape(out)[0], jvp, vjp, contextlib.nullcontext)
+        return Linearized(ntk_pieces_matvec([piece], out.shape[1], trace_outputs, unroll_outputs))
+
+    return fn
+
+
+def _micro_ntk(flat, theta, non_trainable, x, training, trace_outputs, size):
+    """The NTK matvec over sub-batches of `size` rows, each recorded anew in both phases."""
+    block, (n, count), k = flat.select(theta), sub_batches(x, size), flat.num_outputs(x)
+
+    def record(r):
+        x_r = _rows(x, r * size, size)
+        return backend.get().linearize(
+            lambda b: flat.outputs(theta, non_trainable, x_r, block=b, training=training), block)
+
+    def matvec(u):
+        cot = ops.reshape(u, (n, -1))  # (N, 1) traced, (N, K) full
+        eye = ops.eye(k, dtype=u.dtype)
+
+        def transposes(r, w):  # w: (K, m) traced, (m,) full
+            vjp, u_r = record(r)[2], _rows(cot, r * size, size)
+            if not trace_outputs:
+                return w + vjp(u_r)
+
+            def channel(c, w):
+                return w + ops.expand_dims(eye[c], 1) * ops.expand_dims(vjp(u_r * eye[c]), 0)
+            return ops.fori_loop(0, k, channel, w)
+
+        w = ops.fori_loop(0, count, transposes,
+                          ops.zeros((k, flat.size) if trace_outputs else (flat.size,), u.dtype))
+
+        def products(r, result):  # result: (N,) traced, (N, K) full
+            jvp = record(r)[1]
+            if not trace_outputs:
+                return ops.slice_update(result, [r * size, 0], jvp(w))
+
+            def channel(c, acc):
+                return acc + ops.matmul(jvp(ops.matmul(eye[c], w)), eye[c])
+            part = ops.fori_loop(0, k, channel, ops.zeros((size,), u.dtype))
+            return ops.slice_update(result, [r * size], part)
+
+        shape = (n,) if trace_outputs else (n, k)
+        return ops.reshape(ops.fori_loop(0, count, products, ops.zeros(shape, u.dtype)), (-1,))
+
+    return matvec
+
+
+def jacobian_fn(flat, *, training=False):
+    """Builds `(theta, non_trainable, x) -> J`, J (N, K, m), `J[i, c] = d f_c(x_i) / d block`."""
+    def fn(theta, non_trainable, x):
+        return backend.get().jacobian(
+            lambda block: flat.outputs(theta, non_trainable, x, block=block, training=training),
+            flat.select(theta))[1]
+    return fn

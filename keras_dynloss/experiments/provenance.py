@@ -1,0 +1,93 @@
+"""What produced a results file: package version, git commit, backend, versions, command."""
+
+import configparser
+import importlib.metadata
+import os
+import shlex
+import subprocess
+import sys
+
+__all__ = ["provenance"]
+
+# The folder above the package: a checkout of this project, or site-packages.
+_REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _git(*args):
+    try:
+        out = subprocess.run(["git", "-C", _REPO_DIR, *args], capture_output=True, text=True,
+                             timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def _own_checkout():
+    """True when the package runs from a git checkout of this project: the folder above the
+    package holds this project's setup.cfg and is the top level of its git work tree (a pip
+    install inside some other repository is not)."""
+    config = configparser.ConfigParser()
+    try:
+        config.read(os.path.join(_REPO_DIR, "setup.cfg"), encoding="utf-8")
+    except configparser.Error:
+        return False
+    if config.get("metadata", "name", fallback=None) != "keras_dynloss":
+        return False
+    top = _git("rev-parse", "--show-toplevel")
+    return top is not None and os.path.realpath(top.strip()) == os.path.realpath(_REPO_DIR)
+
+
+def _version(module):
+    """The version of `module` if imported, else of its installed distribution, else None."""
+    if module in sys.modules:
+        return getattr(sys.modules[module], "__version__", None)
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _command():
+    argv = list(sys.argv)
+    if argv and os.path.basename(argv[0]) == "__main__.py":  # python -m package
+        argv[:1] = ["python", "-m", os.path.basename(os.path.dirname(argv[0]))]
+    return shlex.join(argv)
+
+
+def provenance():
+    """A JSON-ready dict saying what produced a result.
+
+    Returns:
+        `{keras_dynloss, git_commit, git_dirty, git_dirty_files, backend, versions, command}`:
+        the package's `__version__`; `git rev-parse --short HEAD` of the checkout when the
+        package runs from a git checkout of this project (None otherwise, e.g. after
+        `pip install`); whether tracked files under `keras_dynloss/` had uncommitted
+        changes, and which; the Keras backend; the versions of Keras, NumPy, TensorFlow
+        (None if not installed) and of JAX or PyTorch when they are the backend; and the
+        command line of the process.
+
+    Example:
+        >>> provenance()["backend"]
+        'tensorflow'
+    """
+    import keras
+
+    import keras_dynloss
+
+    commit = dirty = None
+    files = []
+    if _own_checkout():
+        commit = (_git("rev-parse", "--short", "HEAD") or "").strip() or None
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", "keras_dynloss")
+        if status is not None:
+            files = [line[3:] for line in status.splitlines()]
+            dirty = bool(files)
+    backend = keras.backend.backend()
+    versions = dict(keras=keras.__version__, numpy=_version("numpy"),
+                    tensorflow=_version("tensorflow"))
+    if backend == "jax":
+        versions.update(jax=_version("jax"), jaxlib=_version("jaxlib"))
+    elif backend == "torch":
+        versions["torch"] = _version("torch")
+    return dict(keras_dynloss=keras_dynloss.__version__, git_commit=commit, git_dirty=dirty,
+                git_dirty_files=files, backend=backend, versions=versions, command=_command())

@@ -1,0 +1,119 @@
+"""Worker processes for the sweeps: one GPU each with memory growth, a share of the CPU.
+
+`run_jobs` runs independent jobs inline or in a pool of spawned processes. On TensorFlow,
+worker i sees only GPU i mod n of the machine's n GPUs, which allocates memory as it needs it
+(so that several workers share a card and none reserves a whole one); each worker uses
+`os.cpu_count() // processes` CPU threads. On a machine without GPUs nothing else changes.
+"""
+
+import os
+
+from keras_dynloss._checks import check_int
+
+__all__ = ["run_jobs", "configure_worker_devices", "set_cpu_threads"]
+
+
+def configure_worker_devices(index):
+    """Gives worker `index` GPU `index mod n` of the `n` GPUs, with memory growth (TensorFlow).
+
+    Must run before TensorFlow's first op in the process; on a machine without GPUs it
+    changes nothing. Returns the GPU's name, or None.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    gpu = gpus[index % len(gpus)]
+    tf.config.set_visible_devices([gpu], "GPU")
+    tf.config.experimental.set_memory_growth(gpu, True)
+    return gpu.name
+
+
+def set_cpu_threads(threads):
+    """Sets this process's CPU threads (TensorFlow's intra- and inter-op pools, or PyTorch's).
+
+    Must run before the backend's first op. Returns True if set, False for `threads=0`
+    (the backend's default), for JAX, or when TensorFlow has already started.
+    """
+    import keras
+
+    if not check_int("threads", threads, minimum=0):
+        return False
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        return True
+    if backend != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _init_worker(threads, counter):
+    """Pool initializer: a worker index from `counter`, its GPU, its share of the threads."""
+    import keras
+
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if keras.backend.backend() == "tensorflow":
+        configure_worker_devices(index)
+    set_cpu_threads(threads)
+
+
+def run_jobs(fn, jobs, *, processes=None, progress=True, on_result=None):
+    """`[fn(**job) for job in jobs]`, inline or in spawned worker processes.
+
+    With `processes > 1` each worker gets `os.cpu_count() // processes` CPU threads and, on
+    TensorFlow with GPUs, one GPU with memory growth (`configure_worker_devices`).
+
+    Args:
+        fn: a module-level function (picklable).
+        jobs: keyword dicts.
+        processes: worker processes (default `os.cpu_count()`; 1 runs inline).
+        progress: a `keras.utils.Progbar` over the runs, with an ETA.
+        on_result: called with each result as it arrives (in the main process).
+
+    Returns:
+        The results, in job order.
+    """
+    import keras
+
+    processes = max(1, min(processes or os.cpu_count() or 1, len(jobs) or 1))
+    bar = keras.utils.Progbar(len(jobs), unit_name="run") if progress and jobs else None
+    results = [None] * len(jobs)
+
+    def arrived(i, result):
+        results[i] = result
+        if on_result is not None:
+            on_result(result)
+        if bar is not None:
+            bar.add(1)
+
+    if processes == 1:
+        for i, job in enumerate(jobs):
+            arrived(i, fn(**job))
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, context.Value("i", 0)))
+    try:
+        futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            arrived(futures[future], future.result())
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return results
