@@ -65,6 +65,25 @@ def test_fit_applies_gamma_of_the_true_step(spiral, jit, spe):
     assert max(np.abs(a - b).max() for a, b in zip(plain, model.get_weights())) > 1e-2
 
 
+@pytest.mark.parametrize("jit, spe", [(False, SPE), (True, SPE)])
+def test_warm_up_and_an_amplitude_schedule_inside_fit(spiral, jit, spe):
+    """`start_after` and A(t) decaying to 1 (a Keras learning-rate schedule), against NumPy."""
+    x, y = spiral
+    decay = keras.optimizers.schedules.PolynomialDecay(40.0, 30, end_learning_rate=1.0)
+    model = tiny_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=jit, steps_per_execution=spe,
+                  loss=kd.DynamicalLoss(C, amplitude=decay, period=T, start_after=5,
+                                        from_logits=True))
+    start = model.get_weights()
+    _fit(model, x, y, 40)
+
+    def gamma(t):
+        return numpy_gamma(t, C, 1 + 39 * (1 - min(t, 30) / 30), T, start_after=5)
+
+    assert gamma(4).max() == 1 and gamma(9).max() > 2  # the warm-up, then a peak
+    _assert_weights(model, numpy_gd(start, x, y, 40, LR, gamma, dtype="float32"), 3e-5)
+
+
 def test_class_weight_and_sample_weight_multiply_gamma(spiral):
     x, y = spiral
     cw = {0: 2.0, 1: 1.0, 2: 0.5}
