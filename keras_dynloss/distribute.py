@@ -23,8 +23,7 @@ RECIPE = (
     "Train with a custom loop instead: `strategy.run` a step whose loss is "
     "`keras_dynloss.distribute.compute_average_loss(loss, y, logits, "
     "global_batch_size=...)`, with `loss = DynamicalLoss(..., reduction=\"none\")"
-    ".bind(optimizer)` (recipe: examples/multiworker_custom_loop.py; README, "
-    "'Several workers')."
+    ".bind(optimizer)` (recipe: examples/multiworker_custom_loop.py, docs/guide/distributed.md)."
 )
 
 

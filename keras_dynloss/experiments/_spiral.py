@@ -340,7 +340,7 @@ def build_runner(*, width, amplitude, period, steps, seed, data_seed, learning_r
         model.in_step_probe = in_step
         callbacks.append(in_step)
     fit_kwargs = dict(x=full_batch_data(x, y), epochs=-(-steps // updates_per_batch),
-                      steps_per_epoch=1, verbose=0)
+                      steps_per_epoch=1, shuffle=False, verbose=0)
     return Runner(model, x, y, loss, recorder, in_step, callbacks, fit_kwargs)
 
 

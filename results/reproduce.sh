@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Regenerates the published results of issue 10 (results runs, not tests). On 2 CPU cores
-# shared with other work: width sweep 6 min (27 min before the full-batch loop became one
-# XLA computation), each DMSE sweep about 7 min, CNN grid about 50 min, MLP grid 4 min.
-# Each command writes DIR/<command>.json (with the git commit it ran at), .md and .png;
-# logs go to results/logs/. The published files were made by these commands in three
-# sessions (logs: run_issue10*.log; the width sweep was rerun at the final code, the first
-# run is kept in results/width-sweep-892771c); the
-# overparam grids first ran with 4 (CNN) and 3 (MLP) seeds and were extended to 6 with
-# --resume, which keeps the earlier runs.
+# Regenerates the published results in results/ (results runs, not tests): the width sweep
+# with the reference comparison, the two dynamical-MSE sweeps, and the two Fashion-MNIST grids
+# (docs/paper.md says what each shows). Each command writes DIR/<command>.json (with what
+# produced it), .md, .png and the runs as they finish (.jsonl); its output goes to
+# results/logs/<name>.log. The overparam grids pass --resume: runs already in DIR are kept.
+# Needs Debian's dataset-fashion-mnist (the grids use --data offline) and
+# pip install -e ".[plot,datasets,stats]".
 set -u
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
