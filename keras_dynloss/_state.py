@@ -1,13 +1,12 @@
 """The training state a dynamical loss keeps on its model, and where it reads the step.
 
-`DynamicalLossState` is a `keras.metrics.Metric` attached to the model (so its variables
-are in `model.metrics_variables`, which every backend's trainer maps while the loss runs):
+`DynamicalLossState` is a `keras.metrics.Metric` attached to the model (so its variables are
+in `model.metrics_variables`, which every backend's trainer maps while the loss runs):
 
 * `step`: under JAX, a mirror of `optimizer.iterations` (see `install`);
-* `invalid_labels`: labels found invalid where no assertion can run;
-* the epoch's Γ statistics, returned by `result()` as `gamma_<i>_max` / `gamma_<i>_mean`,
-  so they reach the logs in any callback order. Keras resets metrics at every epoch start;
-  `reset_state` resets these statistics only.
+* `invalid_labels`: labels found invalid where no assertion can run.
+
+It is never reset by Keras's per-epoch `reset_metrics` and logs nothing.
 
 Step sources (`source.read()` inside the compiled step):
 
@@ -21,8 +20,6 @@ Step sources (`source.read()` inside the compiled step):
 
 import keras
 from keras import ops
-
-from keras_dynloss import _compat
 
 __all__ = []
 
@@ -70,53 +67,23 @@ class MirrorStep:
 
 
 class DynamicalLossState(keras.metrics.Metric):
-    """Variables of one dynamical loss on its model (see the module docstring).
+    """Variables of one dynamical loss on its model (see the module docstring)."""
 
-    Args:
-        num_classes: C.
-        prefix: prefix of the logged keys (the loss name when a model has several).
-    """
-
-    def __init__(self, num_classes, prefix="", name="dynamical_loss_state"):
+    def __init__(self, name="dynamical_loss_state"):
         super().__init__(name=name)
-        self.num_classes, self.prefix = num_classes, prefix
         self.step = self.add_variable(shape=(), dtype="int32", initializer="zeros",
                                       aggregation="only_first_replica", name="step")
         self.invalid_labels = self.add_variable(shape=(), dtype="int32", initializer="zeros",
                                                 aggregation="sum", name="invalid_labels")
-        stat = dict(dtype="float32", initializer="zeros", aggregation="mean")
-        self.gamma_max = self.add_variable(shape=(num_classes,), name="gamma_max", **stat)
-        self.gamma_sum = self.add_variable(shape=(num_classes,), name="gamma_sum", **stat)
-        self.count = self.add_variable(shape=(), name="count", **stat)
-        #: Python flag, read when the step functions are traced: "train" records Γ and
-        #: reports it, "test" (evaluate / validation) does neither.
-        self.phase = "train"
-
-    def record(self, gamma):
-        """Adds Γ of one training call to the epoch's statistics."""
-        if self.phase != "train" or _compat.in_symbolic_scope():
-            return
-        gamma = ops.cast(ops.reshape(gamma, (-1, self.num_classes))[0], "float32")
-        self.gamma_max.assign(ops.maximum(self.gamma_max, gamma))
-        self.gamma_sum.assign(self.gamma_sum + gamma)
-        self.count.assign(self.count + 1.0)
 
     def update_state(self, *args, **kwargs):
-        """Unused: the loss records Γ itself (`record`)."""
+        """Unused: the loss counts invalid labels itself."""
 
     def reset_state(self):
-        for variable in (self.gamma_max, self.gamma_sum, self.count):
-            variable.assign(ops.zeros(variable.shape, variable.dtype))
+        """Kept across epochs: the scheduler resets the count."""
 
     def result(self):
-        if self.phase != "train":
-            return {}
-        mean = self.gamma_sum / ops.maximum(self.count, 1.0)
-        out = {}
-        for i in range(self.num_classes):
-            out[f"{self.prefix}gamma_{i}_max"] = self.gamma_max[i]
-            out[f"{self.prefix}gamma_{i}_mean"] = mean[i]
-        return out
+        return {}
 
 
 def states(model):

@@ -23,13 +23,14 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
     `model.save`, with no per-batch Python. `evaluate` uses Γ at the current step and never
     advances it.
 
-    Logged, per epoch (in `History`, `CSVLogger`, `TensorBoard` and the progress bar, in any
-    callback order; prefixed by the loss name when a model has several dynamical losses):
+    Logged at each epoch's end into `logs` (so into `History`, the progress bar, and the
+    `CSVLogger` / `TensorBoard` listed after this callback; prefixed by the loss name when a
+    model has several dynamical losses), computed from the schedule over the epoch's steps:
 
-    * `gamma_<i>_max`, `gamma_<i>_mean`: the largest and the mean Γ_i over the epoch's steps
-      (a value at one step would alias the schedule);
-    * `emphasized_class`: the class emphasised at the epoch's last step, -1 when Γ ≡ 1 (an
-      int; written at the epoch's end, so list this callback before `CSVLogger`).
+    * `gamma_<i>_max`, `gamma_<i>_mean`: the largest and the mean Γ_i over the epoch (a value
+      at one step would alias the schedule);
+    * `emphasized_class`: the class the period of the epoch's last step emphasises, -1 when
+      Γ ≡ 1 there (an int).
 
     Per step, Γ_i(t) goes to TensorBoard as `gamma_<i>`, keyed by the optimizer step, every
     `log_every_n_steps` steps, into every `keras.callbacks.TensorBoard` of the same call and
@@ -74,6 +75,7 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
         self._in_fit = False
         self._writer = None
         self._written = -1
+        self._epoch_start = 0
 
     def _losses(self):
         if self.loss is not None:
@@ -86,15 +88,12 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
                 "keras_dynloss loss or pass it as `DynamicalLossScheduler(loss)`.")
         return found
 
-    def _bind(self, phase):
+    def _bind(self):
         new = False
         for loss in self._losses():
             if loss.state is None or loss._binding.model is not self.model:
                 loss.bind(self.model)
                 new = True
-            loss.state.phase = phase
-            if not self.log_weights:
-                loss.state.phase = "quiet" if phase == "train" else phase
             if hasattr(loss.step, "sync"):
                 loss.step.sync()
         if new:  # the compiled steps were traced without the loss's state
@@ -159,9 +158,12 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
                     "metric instead, e.g. compile with metrics=[keras.metrics."
                     "SparseCategoricalCrossentropy(from_logits=True, name='ce')] and monitor "
                     "'val_ce'.", stacklevel=3)
-            if i < mine and self.log_weights and isinstance(other, keras.callbacks.CSVLogger):
-                warnings.warn("CSVLogger is listed before DynamicalLossScheduler, so its rows "
-                              "lack `emphasized_class`; list the scheduler first.", stacklevel=3)
+            if i < mine and self.log_weights and isinstance(
+                    other, (keras.callbacks.CSVLogger, keras.callbacks.TensorBoard)):
+                warnings.warn(f"{type(other).__name__} is listed before DynamicalLossScheduler, "
+                              "so its epoch rows lack the Γ statistics and `emphasized_class` "
+                              "(the scheduler writes them at the epoch's end); list the "
+                              "scheduler first.", stacklevel=3)
 
     def _write_tensorboard(self):
         if not self._writer:
@@ -179,43 +181,53 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
         self._written = now - 1
         self._writer.flush()
 
+    def _now(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _log_epoch(self, logs):
+        """The Γ statistics over the epoch's steps and the class emphasised at its last."""
+        steps = np.arange(self._epoch_start, max(self._now(), self._epoch_start + 1))
+        losses = self._losses()
+        for loss in losses:
+            prefix = f"{loss.name}_" if len(losses) > 1 else ""
+            gamma = np.concatenate([loss.weights_at(chunk) for chunk in
+                                    np.array_split(steps, -(-steps.size // 100_000))])
+            for i in range(loss.num_classes):
+                logs[f"{prefix}gamma_{i}_max"] = float(gamma[:, i].max())
+                logs[f"{prefix}gamma_{i}_mean"] = float(gamma[:, i].mean())
+            emphasized = loss.schedule.emphasized_at(steps[-1])
+            logs[f"{prefix}emphasized_class"] = int(emphasized[0]) if emphasized.size else -1
+
     # -- hooks ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self._in_fit = True
-        self._bind("train")
+        self._bind()
         self._reset_label_counts()
         if self.period_epochs is not None:
             self._set_period_from_epochs()
         self._warn_about_siblings()
         self._writer = _tensorboard.ScalarWriter(_tensorboard.log_dirs(self, self.log_dir))
-        self._written = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+        self._written = self._now() - 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._now()
 
     def on_epoch_end(self, epoch, logs=None):
         self._check_labels(f"training epoch {epoch + 1}")
         self._write_tensorboard()
-        if not self.log_weights or logs is None:
-            return
-        last = max(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1, 0)
-        losses = self._losses()
-        for loss in losses:
-            prefix = f"{loss.name}_" if len(losses) > 1 else ""
-            emphasized = loss.schedule.emphasized_at(last)
-            logs[f"{prefix}emphasized_class"] = int(emphasized[0]) if emphasized.size else -1
+        if self.log_weights and logs is not None:
+            self._log_epoch(logs)
 
     def on_test_begin(self, logs=None):
         if not self._in_fit:
-            self._bind("test")
+            self._bind()
             self._reset_label_counts()
-        else:
-            for loss in self._losses():
-                loss.state.phase = "test"
-                if hasattr(loss.step, "sync"):
-                    loss.step.sync()
+        for loss in self._losses():
+            if hasattr(loss.step, "sync"):
+                loss.step.sync()
 
     def on_test_end(self, logs=None):
         self._check_labels("evaluation")
-        for loss in self._losses():
-            loss.state.phase = "train" if self.log_weights else "quiet"
 
     def on_train_end(self, logs=None):
         self._in_fit = False

@@ -205,6 +205,12 @@ def main(argv=None):
     if threads is None:  # one thread for the spiral's small model, in the command line only
         threads = 1 if command_line and args.command in ("fig4", "width-sweep") else 0
     set_cpu_threads(threads)
+    import keras
+
+    if args.command in ("fig4", "width-sweep") and keras.backend.backend() == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # the spiral runs default to float64
     for path in _COMMANDS[args.command](args):
         print(f"wrote {path}")
     return 0

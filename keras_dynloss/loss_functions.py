@@ -61,22 +61,23 @@ def split_labels(y_true, y_pred, num_classes):
     `valid` is None."""
     y_true = ops.convert_to_tensor(y_true)
     kind = label_kind(y_true, y_pred, num_classes)
+    asserts = keras.backend.backend() == "tensorflow" and not _compat.in_xla_context()
     if kind == SPARSE:
         if len(y_true.shape) == len(y_pred.shape):
             y_true = ops.squeeze(y_true, -1)
         valid = (y_true >= 0) & (y_true < num_classes)
         if "float" in str(y_true.dtype):  # NaN fails every comparison
             valid = valid & (ops.floor(y_true) == y_true)
-        y = ops.cast(ops.where(valid, y_true, ops.zeros_like(y_true)), "int32")
-    else:
-        targets = ops.cast(y_true, y_pred.dtype)
-        tol = 1e-2 if y_true.dtype in ("float16", "bfloat16") else 1e-3
-        valid = ops.all(targets >= 0, axis=-1) & (ops.abs(ops.sum(targets, -1) - 1.0) <= tol)
-        fallback = ops.one_hot(ops.zeros_like(valid, "int32"), num_classes, dtype=targets.dtype)
-        y = ops.where(valid[..., None], targets, fallback)
-    if keras.backend.backend() == "tensorflow" and not _compat.in_xla_context():
-        return kind, _asserted(y, valid), None
-    return kind, y, valid
+        if asserts:  # the assertion runs before any kernel reads the labels
+            return kind, _asserted(ops.cast(y_true, "int32"), valid), None
+        return kind, ops.cast(ops.where(valid, y_true, ops.zeros_like(y_true)), "int32"), valid
+    targets = ops.cast(y_true, y_pred.dtype)
+    tol = 1e-2 if y_true.dtype in ("float16", "bfloat16") else 1e-3
+    valid = ops.all(targets >= 0, axis=-1) & (ops.abs(ops.sum(targets, -1) - 1.0) <= tol)
+    if asserts:
+        return kind, _asserted(targets, valid), None
+    fallback = ops.one_hot(ops.zeros_like(valid, "int32"), num_classes, dtype=targets.dtype)
+    return kind, ops.where(valid[..., None], targets, fallback), valid
 
 
 def _asserted(y, valid):

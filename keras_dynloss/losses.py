@@ -86,8 +86,7 @@ class _DynamicalBase(keras.losses.Loss):
         binding = self._binding
         if binding.model is model:
             return
-        prefix = f"{self.name}_" if len(_dynamical_losses(model)) > 1 else ""
-        state = _state.DynamicalLossState(self.num_classes, prefix=prefix)
+        state = _state.DynamicalLossState()
         _state.attach(model, state)
         if keras.backend.backend() == "jax":
             source = _state.MirrorStep(model.optimizer, state)
@@ -145,10 +144,7 @@ class _DynamicalBase(keras.losses.Loss):
         gamma = self.schedule(self.current_step(), dtype=dtype)
         state = self._binding.state
         counter = None if state is None else state.invalid_labels
-        values = self._per_sample(y_true, y_pred, gamma, counter)
-        if state is not None:
-            state.record(gamma)
-        return values
+        return self._per_sample(y_true, y_pred, gamma, counter)
 
     def _per_sample(self, y_true, y_pred, gamma, counter):
         raise NotImplementedError

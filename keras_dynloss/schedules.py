@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dynloss import backend
 from keras_dynloss._checks import check_bool, check_choice, check_int, check_number, invalid
 
 __all__ = ["ClassWeightSchedule", "triangular", "sine", "square", "PROFILES"]
@@ -169,6 +170,7 @@ class ClassWeightSchedule:
             for g, members in enumerate(groups):
                 self._groups[g, members] = 1.0
             self.num_groups = len(groups)
+        self._compiled = {}
 
     @property
     def profile(self):
@@ -209,19 +211,23 @@ class ClassWeightSchedule:
         raw = 1.0 + (ops.cast(amplitude, dtype) - 1.0)[..., None] * h[..., None] * ops.cast(
             self.emphasis(k), dtype)
         gamma = self.num_classes * raw / ops.sum(raw, -1, keepdims=True) if self.normalize else raw
-        static = ops.zeros_like(t, "bool")
+        static = None
         if self.start_after is not None:
-            static = static | (t < self.start_after)
+            static = t < self.start_after
         if self.static_after is not None:
-            static = static | (t >= self.static_after)
-        return ops.where(static[..., None], ops.ones_like(gamma), gamma)
+            after = t >= self.static_after
+            static = after if static is None else static | after
+        return gamma if static is None else ops.where(static[..., None], ops.ones_like(gamma), gamma)
 
     def weights_at(self, step, dtype="float32"):
         """Γ(step) as a NumPy array: shape (C,) for a scalar step, else `shape + (C,)`."""
         step = np.asarray(step)
         if step.dtype.kind not in "iu" or np.any(step < 0):
             raise invalid("step", "non-negative integer step(s)", step.tolist())
-        return ops.convert_to_numpy(self(ops.convert_to_tensor(step, _step_dtype(step)), dtype))
+        if dtype not in self._compiled:  # one compiled call, not op-by-op dispatch
+            self._compiled[dtype] = backend.get().compile_function(lambda t: self(t, dtype))
+        return ops.convert_to_numpy(self._compiled[dtype](
+            ops.convert_to_tensor(step, _step_dtype(step))))
 
     def emphasized_at(self, step):
         """Indices of the classes emphasised at `step` (empty when Γ ≡ 1 there)."""

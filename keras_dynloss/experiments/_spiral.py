@@ -26,14 +26,23 @@ __all__ = ["build_mlp", "FullBatchSequential", "StepRecorder", "build_runner", "
 
 
 def build_mlp(width, num_classes=3, *, seed=0, dtype="float32", inputs=2, **kwargs):
-    """Dense(width)-ReLU-Dense(C) with jax `stax.Dense` initialisation (Glorot-normal kernels,
-    normal(0.01) biases); `kwargs` go to `FullBatchSequential`."""
-    keras.utils.set_random_seed(seed)
-    init = dict(kernel_initializer=keras.initializers.GlorotNormal(),
-                bias_initializer=keras.initializers.RandomNormal(stddev=0.01), dtype=dtype)
-    return FullBatchSequential([keras.Input((inputs,), dtype=dtype),
-                                keras.layers.Dense(width, activation="relu", **init),
-                                keras.layers.Dense(num_classes, **init)], **kwargs)
+    """Dense(width)-ReLU-Dense(C) initialised as jax's `stax.Dense` (Glorot-normal kernels:
+    a normal truncated at two standard deviations, fan-average variance; normal(0.01)
+    biases), drawn in NumPy from `seed` (the same weights on every backend); `kwargs` go to
+    `FullBatchSequential`."""
+    model = FullBatchSequential([keras.Input((inputs,), dtype=dtype),
+                                 keras.layers.Dense(width, activation="relu", dtype=dtype),
+                                 keras.layers.Dense(num_classes, dtype=dtype)], **kwargs)
+    rng = np.random.default_rng(seed)
+    weights = []
+    for fan_in, fan_out in ((inputs, width), (width, num_classes)):
+        z = rng.standard_normal((fan_in, fan_out))
+        while np.any(np.abs(z) > 2):
+            z[np.abs(z) > 2] = rng.standard_normal(int(np.sum(np.abs(z) > 2)))
+        std = np.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978  # the truncated std
+        weights += [std * z, 0.01 * rng.standard_normal(fan_out)]
+    model.set_weights([w.astype(dtype) for w in weights])
+    return model
 
 
 def _write_row(variable, row, values):
@@ -315,6 +324,12 @@ def build_runner(*, width, amplitude, period, steps, seed, data_seed, learning_r
     """The Fig. 4 / width-study model that `train_spiral` fits, compiled (arguments as there;
     with `probe_every` the runner's probe, Hessian and NTK λ_max, Lanczos order 10, tolerance
     1e-3, warm start, runs inside the training loop as an `InStepProbe`)."""
+    if dtype == "float64" and keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            raise ValueError("Invalid value for argument `dtype`: float64 on JAX needs "
+                             "`jax_enable_x64` (set JAX_ENABLE_X64=1). Received: dtype='float64'")
     x, y = spiral(seed=data_seed, dtype=dtype)
     num_classes = int(y.max()) + 1
     # The loss in the model's dtype (Keras losses default to float32).
