@@ -1,31 +1,39 @@
-"""Whole-process time of the Fig. 4 job vs a plain JAX float64 loop in the authors' style.
+"""The Fig. 4 job, whole process each, against two JAX loops written by hand.
 
-Two commands, each timed as a whole process (start-up, imports, training,
-output), alternated ``--runs`` times; prints the medians and their ratio
-(target: <= 0.7 without probes).
+Up to five commands, each timed as a whole process (start-up, imports, training, outputs),
+alternated ``--runs`` times (the order rotates each run); prints the medians, the CPU
+times, the training time each reports (``fit``, or the JAX loop with its compilation) and
+the ratios against the goals:
 
-* ours: ``python -m keras_dynloss fig4 --probe-every P --steps N --out DIR
-  --no-progress`` — float64 by default, per-step F(t) and accuracy recorded,
-  ``fig4.json`` and ``fig4.png`` written; with ``P > 0`` also Hessian and NTK
-  λ_max every P steps.
-* JAX: ``python bench/fig4_vs_jax.py --jax-loop`` — the authors' notebook loop
-  (github miguel-rg/dynamical-loss-functions), cleaned up: ``jax_enable_x64``,
-  ``stax.serial(Dense(100), Relu, Dense(3))`` from ``PRNGKey(0)``, Γ from the
-  authors' ``c_fn`` inside one jitted step that returns the new parameters, F(t)
-  and the accuracy; one jitted call per Python iteration, 70000 full-batch GD
-  steps (η = 1, T = 5000, last period static), F(t) and accuracy kept per step
-  and saved to ``.npz``. With ``P > 0`` a jitted Lanczos probe (order 10,
-  forward-over-reverse HVPs, full reorthogonalisation) of the Hessian λ_max
-  every P steps (no NTK: ours does strictly more work there).
+* ``ours (TF)``: ``python -m keras_dynloss fig4 --probe-every P --out DIR --no-progress``
+  (``FullBatchSequential`` through ``model.fit``, F(t) and accuracy recorded per step,
+  ``fig4.json`` and ``fig4.png`` written; no TensorBoard);
+* ``ours (JAX)``: the same command under ``KERAS_BACKEND=jax`` (``JAX_ENABLE_X64=1`` for
+  float64); ``--hide-tf`` runs it with TensorFlow hidden, as on a machine without it;
+* ``JAX step loop``: the authors' style (github miguel-rg/dynamical-loss-functions):
+  ``stax.serial(Dense(100), Relu, Dense(3))``, Γ from the authors' ``c_fn``, one jitted
+  step per Python iteration returning the new parameters, F(t) and the accuracy, kept per
+  step and saved to ``.npz``;
+* ``JAX fori_loop``: written for speed: the whole run in one jitted ``lax.fori_loop`` that
+  writes F(t) and the accuracy of every step into preallocated arrays;
+* ``ours (TF) unprobed`` (by default only with ``--probe-every``): ours (TF) with
+  ``--probe-every 0``.
 
-``pip install jax`` (CPU) is needed for the JAX side only; it is not a
-dependency of the package.
+Both JAX loops: 70000 full-batch GD steps (η = 1, A = 70, T = 5000, last period static),
+in ``--dtype``. With ``--probe-every P > 0`` they also compute the Hessian λ_max every P
+steps (a jitted order-10 Lanczos, forward-over-reverse products, full
+re-orthogonalisation; no NTK, which ours adds).
 
-    python bench/fig4_vs_jax.py [--runs 5] [--steps 70000] [--probe-every 0]
+Goals: ours (TF) <= the fastest JAX loop; ours (JAX) / JAX fori_loop <= 1.2; with probes,
+ours (TF) / ours (TF) unprobed <= 2.0.
+Needs ``jax`` (CPU is enough) besides the package.
+
+    python bench/fig4_vs_jax.py [--runs 5] [--steps 70000] [--dtype float64] [--probe-every 0]
 """
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -33,96 +41,112 @@ import sys
 import tempfile
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ("ours (TF)", "ours (JAX)", "JAX step loop", "JAX fori_loop", "ours (TF) unprobed")
 
-def jax_loop(steps, period, width, probe_every, out):
-    """The JAX float64 training loop (run in its own process)."""
+
+def jax_job(kind, steps, period, width, probe_every, dtype, out):
+    """One JAX run, `kind` "step" or "fori" (in its own process)."""
     import jax
+
+    jax.config.update("jax_enable_x64", dtype == "float64")
     import jax.numpy as jnp
     import numpy as np
     from jax.example_libraries import stax
     from jax.flatten_util import ravel_pytree
 
-    jax.config.update("jax_enable_x64", True)
-    n, c, lr = 100, 3, 1.0
+    n, c, lr, amplitude = 100, 3, 1.0, 70.0
     np.random.seed(0)
-    x = np.zeros((n * c, 2))
-    y = np.zeros((n * c, c))
-    for j in range(c):
+    x, y = np.zeros((n * c, 2)), np.zeros((n * c, c))
+    for j in range(c):  # the authors' spiral
         ix = range(n * j, n * (j + 1))
         r = np.linspace(0.0, 1, n)
         t = np.linspace(2 * np.pi * j / c, 2 * np.pi * j / c + 4 * np.pi, n) \
             + np.random.randn(n) * 0.2
         x[ix] = np.c_[r * np.cos(t), r * np.sin(t)]
         y[ix, j] = 1
-    x, y = jax.device_put(x), jax.device_put(y)
+    x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     init_fn, apply_fn = stax.serial(stax.Dense(width), stax.Relu, stax.Dense(c))
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+    flat0, unravel = ravel_pytree(params)
+    static_from = -(-(steps - period) // period) * period  # first period boundary >= N - T
 
     def c_fn(t, i, w_max):  # the authors' Γ
         slope = 2 * (w_max - 1) / period
         w_main = jnp.where(t < period / 2.0, 1 + t * slope, 2 * w_max - t * slope - 1)
-        res = jnp.ones(c) + (w_main - 1) * jnp.eye(c)[i]
+        res = jnp.ones(c, dtype) + (w_main - 1) * jnp.eye(c, dtype=dtype)[i]
         return res / jnp.sum(res) * c
 
     def weighted_loss(p, t, i, w_max):
         logits = apply_fn(p, x)
         return -jnp.mean(jax.nn.log_softmax(logits) * y * c_fn(t, i, w_max)) * c, logits
 
-    @jax.jit
     def step(p, t, i, w_max):
         (f, logits), g = jax.value_and_grad(weighted_loss, has_aux=True)(p, t, i, w_max)
-        acc = jnp.mean(jnp.argmax(logits, 1) == jnp.argmax(y, 1))
+        acc = jnp.mean(jnp.argmax(logits, 1) == jnp.argmax(y, 1)).astype(dtype)
         return jax.tree_util.tree_map(lambda a, da: a - lr * da, p, g), f, acc
 
-    flat0, unravel = ravel_pytree(params)
+    v0 = jax.random.normal(jax.random.PRNGKey(1), flat0.shape, dtype)
 
-    @jax.jit
-    def lanczos_max(p, t, i, w_max, v0, order=10):
-        def loss_flat(w):
-            return weighted_loss(unravel(w), t, i, w_max)[0]
-
+    def lanczos_max(p, t, i, w_max, order=10):
         w = ravel_pytree(p)[0]
-
-        def hvp(v):
-            return jax.jvp(jax.grad(loss_flat), (w,), (v,))[1]
-
-        vs = jnp.zeros((order, w.size)).at[0].set(v0 / jnp.linalg.norm(v0))
-        alphas, betas = jnp.zeros(order), jnp.zeros(order)
+        grad = jax.grad(lambda w: weighted_loss(unravel(w), t, i, w_max)[0])
+        vs = jnp.zeros((order, w.size), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+        alphas, betas = jnp.zeros(order, dtype), jnp.zeros(order, dtype)
         for k in range(order):
-            q = vs[k]
-            z = hvp(q)
-            a = z @ q
-            z = z - vs.T @ (vs @ z)  # full reorthogonalisation
+            z = jax.jvp(grad, (w,), (vs[k],))[1]
+            alphas = alphas.at[k].set(z @ vs[k])
             z = z - vs.T @ (vs @ z)
-            b = jnp.linalg.norm(z)
-            alphas, betas = alphas.at[k].set(a), betas.at[k].set(b)
+            z = z - vs.T @ (vs @ z)  # full re-orthogonalisation, twice
+            betas = betas.at[k].set(jnp.linalg.norm(z))
             if k + 1 < order:
-                vs = vs.at[k + 1].set(z / b)
+                vs = vs.at[k + 1].set(z / betas[k])
         tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
         return jnp.linalg.eigvalsh(tri)[-1]
 
-    losses, accs, probes = [], [], []
-    v0 = jax.random.normal(jax.random.PRNGKey(1), flat0.shape, dtype=jnp.float64)
-    t, cls, w_max = 0, 0, 70.0
-    for k in range(steps):
-        if probe_every and k % probe_every == 0:
-            probes.append(lanczos_max(params, t, cls, w_max, v0))
-        params, f, acc = step(params, t, cls, w_max)
-        losses.append(f)
-        accs.append(acc)
-        t += 1
-        if t >= period:  # new period: next class; the last period is static
-            t, cls = 0, (cls + 1) % c
-            if k + 1 >= steps - period:
-                w_max = 1.0
-    np.savez(out, loss=np.asarray(jax.device_get(losses)),
-             accuracy=np.asarray(jax.device_get(accs)),
-             hessian_max_eig=np.asarray(jax.device_get(probes)))
-    print(f"JAX: final accuracy {float(accs[-1]):.4f}")
+    num_probes = -(-steps // probe_every) if probe_every else 0
+    start = time.perf_counter()
+    if kind == "step":  # one jitted call per Python iteration
+        step_jit, probe_jit = jax.jit(step), jax.jit(lanczos_max)
+        losses, accs, probes = [], [], []
+        t, cls, w_max = 0, 0, amplitude
+        for k in range(steps):
+            if probe_every and k % probe_every == 0:
+                probes.append(probe_jit(params, t, cls, w_max))
+            params, f, acc = step_jit(params, t, cls, w_max)
+            losses.append(f)
+            accs.append(acc)
+            t += 1
+            if t >= period:  # new period: next class; the last period is static
+                t, cls = 0, (cls + 1) % c
+                if k + 1 >= static_from:
+                    w_max = 1.0
+        losses, accs, probes = (np.asarray(jax.device_get(v)) for v in (losses, accs, probes))
+    else:  # the whole run in one jitted fori_loop
+        def body(k, carry):
+            p, losses, accs, probes = carry
+            t, cls = k % period, (k // period) % c
+            w_max = jnp.where(k >= static_from, 1.0, amplitude).astype(dtype)
+            if probe_every:
+                probes = jax.lax.cond(
+                    k % probe_every == 0,
+                    lambda: probes.at[k // probe_every].set(lanczos_max(p, t, cls, w_max)),
+                    lambda: probes)
+            p, f, acc = step(p, t, cls, w_max)
+            return p, losses.at[k].set(f), accs.at[k].set(acc), probes
+
+        zeros = jnp.zeros(steps, dtype)
+        run = jax.jit(lambda p: jax.lax.fori_loop(
+            0, steps, body, (p, zeros, zeros, jnp.zeros(num_probes, dtype))))
+        params, losses, accs, probes = jax.device_get(run(params))
+    seconds = time.perf_counter() - start
+    np.savez(out, loss=losses, accuracy=accs, hessian_max_eig=probes)
+    print(f"fig4: final training accuracy {float(accs[-1]):.4f} ({steps} steps, {seconds:.1f} s)")
 
 
 def timed(cmd, env, cwd):
-    """Wall seconds, CPU seconds (user + sys, all threads) and the finished process."""
+    """Wall seconds, CPU seconds (user + sys, all threads) and stdout of a finished process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
@@ -134,6 +158,31 @@ def timed(cmd, env, cwd):
     return seconds, cpu, proc
 
 
+def commands(args, tmp):
+    """`{name: (command, environment)}` of the configurations asked for."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a new user
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    flags = ["--steps", str(args.steps), "--period", str(args.period), "--width",
+             str(args.width), "--probe-every", str(args.probe_every), "--dtype", args.dtype]
+    cli = ["fig4", *flags, "--no-progress"]
+    ours = [sys.executable, "-m", "keras_dynloss", *cli]
+    jax_env = dict(env, KERAS_BACKEND="jax", JAX_ENABLE_X64=str(int(args.dtype == "float64")))
+    if args.hide_tf:  # as on a machine without TensorFlow
+        ours_jax = [sys.executable, "-c", "import sys, runpy; sys.modules['tensorflow'] = None; "
+                    f"sys.argv = ['keras_dynloss'] + {cli!r} + sys.argv[1:]; "
+                    "runpy.run_module('keras_dynloss', run_name='__main__')"]
+    else:
+        ours_jax = list(ours)
+    mine = [sys.executable, os.path.abspath(__file__), *flags]
+    out = {"ours (TF)": (ours + ["--out", os.path.join(tmp, "tf")], env),
+           "ours (JAX)": (ours_jax + ["--out", os.path.join(tmp, "jax")], jax_env),
+           "JAX step loop": (mine + ["--jax", "step", "--out", os.path.join(tmp, "s.npz")], env),
+           "JAX fori_loop": (mine + ["--jax", "fori", "--out", os.path.join(tmp, "f.npz")], env),
+           "ours (TF) unprobed": (ours + ["--probe-every", "0", "--out", os.path.join(tmp, "u")],
+                                  env)}
+    return {name: out[name] for name in args.configs}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
@@ -141,58 +190,59 @@ def main():
     p.add_argument("--period", type=int, default=5000)
     p.add_argument("--width", type=int, default=100)
     p.add_argument("--probe-every", type=int, default=0, dest="probe_every")
-    p.add_argument("--dtype", default="float64", choices=("float32", "float64"),
-                   help="dtype of our run (the JAX loop is float64, as the authors')")
-    p.add_argument("--repo", default=None,
-                   help="run ours from this checkout (e.g. an older commit, for before/after)")
-    p.add_argument("--jax-loop", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float64", choices=("float32", "float64"))
+    p.add_argument("--hide-tf", action="store_true", dest="hide_tf",
+                   help="run ours (JAX) with TensorFlow hidden")
+    p.add_argument("--configs", type=lambda s: s.split(","), default=None,
+                   help=f"comma-separated subset of: {','.join(CONFIGS)} (default: the first "
+                        "four, and the fifth with --probe-every)")
+    p.add_argument("--jax", choices=("step", "fori"), help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.jax_loop:
-        jax_loop(args.steps, args.period, args.width, args.probe_every, args.out)
-        return
-    env = dict(os.environ)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a new user runs it
-    repo = os.path.abspath(args.repo) if args.repo else os.path.dirname(
-        os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    ours_t, jax_t, ours_c, jax_c = [], [], [], []
+    if args.jax:
+        return jax_job(args.jax, args.steps, args.period, args.width, args.probe_every,
+                       args.dtype, args.out)
+    args.configs = args.configs or CONFIGS[:4 + bool(args.probe_every)]
+    if set(args.configs) - set(CONFIGS):
+        p.error(f"--configs: choose from {', '.join(CONFIGS)}")
+    times, cpus, training = ({name: [] for name in args.configs} for _ in range(3))
+    final = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ours = [sys.executable, "-m", "keras_dynloss", "fig4", "--steps", str(args.steps),
-                "--period", str(args.period), "--width", str(args.width),
-                "--probe-every", str(args.probe_every), "--dtype", args.dtype,
-                "--out", tmp, "--no-progress"]
-        theirs = [sys.executable, os.path.abspath(__file__), "--jax-loop",
-                  "--steps", str(args.steps), "--period", str(args.period),
-                  "--width", str(args.width), "--probe-every", str(args.probe_every),
-                  "--out", os.path.join(tmp, "jax.npz")]
+        todo = list(commands(args, tmp).items())
         for run in range(args.runs):
-            s, c, proc = timed(ours, env, tmp)  # cwd: not this checkout (see --repo)
-            ours_t.append(s)
-            ours_c.append(c)
-            if run == 0:
-                noise = proc.stderr.strip()
-                if noise:
-                    print("  (ours wrote to stderr:)\n    " + noise.replace("\n", "\n    "))
-                for name in ("fig4.json", "fig4.png"):
-                    if not os.path.exists(os.path.join(tmp, name)):
-                        sys.exit(f"ours did not write {name}")
-            s, c, _ = timed(theirs, env, tmp)
-            jax_t.append(s)
-            jax_c.append(c)
-            print(f"  run {run + 1}: ours {ours_t[-1]:6.2f} s ({ours_c[-1]:5.1f} s CPU)   "
-                  f"JAX {jax_t[-1]:6.2f} s ({jax_c[-1]:5.1f} s CPU)", flush=True)
-    mo, mj = statistics.median(ours_t), statistics.median(jax_t)
-    ratios = [a / b for a, b in zip(ours_t, jax_t)]
-    print(f"Fig. 4 whole process, {args.steps} steps, width {args.width}, ours {args.dtype}"
-          f"{' from ' + args.repo if args.repo else ''}, "
-          f"probes every {args.probe_every or 'never'}, {os.cpu_count()} CPU cores, "
-          f"{args.runs} alternating runs")
-    co, cj = statistics.median(ours_c), statistics.median(jax_c)
-    print(f"  python -m keras_dynloss fig4: median {mo:6.2f} s  ({co:5.1f} s CPU)")
-    print(f"  JAX float64 loop:             median {mj:6.2f} s  ({cj:5.1f} s CPU)")
-    print(f"  ratio ours / JAX: {mo / mj:.3f} (median of paired ratios "
-          f"{statistics.median(ratios):.3f}; CPU time {co / cj:.3f})")
+            for name, (cmd, env) in todo[run % len(todo):] + todo[:run % len(todo)]:
+                seconds, cpu, proc = timed(cmd, env, tmp)  # cwd: not this checkout
+                times[name].append(seconds)
+                cpus[name].append(cpu)
+                found = re.search(r"final training accuracy ([\d.]+) .*steps, ([\d.]+) s\)",
+                                  proc.stdout)
+                final[name], train = found.groups() if found else ("?", "nan")
+                training[name].append(float(train))
+                if run == 0 and name.startswith("ours") and proc.stderr.strip():
+                    print(f"  ({name} wrote {len(proc.stderr.splitlines())} stderr lines)")
+            print(f"  run {run + 1}: " + "   ".join(f"{n} {times[n][-1]:.2f} s"
+                                                   for n in args.configs), flush=True)
+    print(f"Fig. 4 job, whole process: {args.steps} steps, width {args.width}, {args.dtype}, "
+          f"probes every {args.probe_every or 'never'}, {os.cpu_count()} CPU cores, load "
+          f"{os.getloadavg()[0]:.1f}, medians of {args.runs} alternating runs")
+    med = {n: statistics.median(t) for n, t in times.items()}
+    for name in args.configs:
+        print(f"  {name:18s} {med[name]:6.2f} s  (CPU {statistics.median(cpus[name]):5.1f} s; "
+              f"training {statistics.median(training[name]):5.1f} s)  final accuracy "
+              f"{final[name]}")
+
+    def ratio(a, b, goal):
+        if a in med and b in med:
+            paired = statistics.median(x / y for x, y in zip(times[a], times[b]))
+            print(f"  {a} / {b}: {med[a] / med[b]:.3f} (paired {paired:.3f})  goal {goal}")
+
+    unprobed = " (a goal for unprobed runs)" if args.probe_every else ""
+    loops = [n for n in ("JAX step loop", "JAX fori_loop") if n in med]
+    if loops:
+        ratio("ours (TF)", min(loops, key=med.get), "<= 1 (the fastest JAX loop)" + unprobed)
+    ratio("ours (JAX)", "JAX fori_loop", "<= 1.2" + unprobed)
+    if args.probe_every:
+        ratio("ours (TF)", "ours (TF) unprobed", "<= 2.0 (the user's command, probed / not)")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,17 @@
-"""Cost and noise of ``import keras_dynloss`` over ``import tensorflow, keras``.
+"""Cost of ``import keras_dynloss`` over ``import tensorflow, keras``, and the CLI's stderr.
 
-Alternates fresh interpreters ``--runs`` times (as a new user, without
-``TF_CPP_MIN_LOG_LEVEL``), each timing itself from start to end of:
+Alternates fresh interpreters ``--runs`` times (as a new user: no ``TF_CPP_MIN_LOG_LEVEL``),
+each timing itself from its first line to the end of:
 
-* ``import tensorflow, keras`` vs ``import keras_dynloss`` (target: difference
-  <= 0.3 s);
-* the same followed by a first op (``tf.constant(1.0) + 1``): TensorFlow
-  initialises its devices then; ``import keras_dynloss`` does it during the
-  import (it lists the GPUs so that CUDA's start-up messages can be filtered),
-  so this pair compares the same work.
+* ``import tensorflow, keras`` (``import jax, keras`` with ``--backend jax``);
+* ``import keras_dynloss``.
 
-Prints the median in-process times, their differences, the stderr lines each
-printed and the process's minor page faults (on CPython 3.11 a call depth at which
-a hot function straddles a frame-stack chunk shows up as ~60 000 extra faults and
-+0.4 s: see ``keras_dynloss._quiet_import._load_tensorflow``).
+Prints the median in-process times and their difference (goal <= 0.3 s), each one's
+minor page faults (a jump of tens of thousands flags CPython's frame-stack chunk
+thrashing, seen once at the depth where TensorFlow loaded), and the stderr lines that
+``python -m keras_dynloss --help`` prints (goal: none) with its whole-process time.
 
-    python bench/import_time.py [--runs 5] [--repo PATH]
+    python bench/import_time.py [--runs 5] [--backend tensorflow]
 """
 
 import argparse
@@ -23,60 +19,59 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
-CODES = {
-    "import tensorflow, keras": "import tensorflow, keras",
-    "import keras_dynloss": "import keras_dynloss",
-    "import tensorflow, keras; first op":
-        "import tensorflow as tf, keras; tf.constant(1.0) + 1",
-    "import keras_dynloss; first op":
-        "import keras_dynloss, tensorflow as tf; tf.constant(1.0) + 1",
-}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def timed(code, env):
-    wrapped = ("import time, sys; _t = time.perf_counter()\n" + code +
-               "\nimport resource; sys.stdout.write(f'{time.perf_counter() - _t!r} "
+    """In-process seconds and minor page faults of `code` in a fresh interpreter."""
+    wrapped = ("import time; _t = time.perf_counter()\n" + code + "\nimport resource, sys; "
+               "sys.stdout.write(f'{time.perf_counter() - _t!r} "
                "{resource.getrusage(resource.RUSAGE_SELF).ru_minflt}')")
-    # cwd: a neutral folder, so that PYTHONPATH (this checkout or --repo) decides
     proc = subprocess.run([sys.executable, "-c", wrapped], env=env, capture_output=True,
-                          text=True, cwd=os.path.expanduser("~"))
+                          text=True, cwd=os.path.expanduser("~"))  # not this checkout
     if proc.returncode:
         sys.exit(f"{code!r} failed:\n{proc.stderr}")
     seconds, faults = proc.stdout.split()
-    return float(seconds), int(faults), [line for line in proc.stderr.splitlines() if line.strip()]
+    return float(seconds), int(faults)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--repo", default=None, help="import keras_dynloss from this checkout")
+    p.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax", "torch"))
     args = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    repo = os.path.abspath(args.repo) if args.repo else os.path.dirname(
-        os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    times = {name: [] for name in CODES}
-    faults = {name: [] for name in CODES}
-    noise = {}
+    env.update(KERAS_BACKEND=args.backend, PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+    codes = {f"import {args.backend}, keras": f"import {args.backend}, keras",
+             "import keras_dynloss": "import keras_dynloss"}
+    times, faults = {n: [] for n in codes}, {n: [] for n in codes}
     for _ in range(args.runs):
-        for name, code in CODES.items():
-            seconds, page_faults, noise[name] = timed(code, env)
+        for name, code in codes.items():
+            seconds, minflt = timed(code, env)
             times[name].append(seconds)
-            faults[name].append(page_faults)
-    med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"import time (in-process), medians of {args.runs} alternating fresh interpreters, "
-          f"{os.cpu_count()} CPU cores{', keras_dynloss from ' + repo if args.repo else ''}")
-    for name, seconds in med.items():
-        print(f"  {name:36s} {seconds:6.2f} s  ({len(noise[name])} stderr lines, "
-              f"{statistics.median(faults[name]):.0f} minor page faults)")
-    names = list(CODES)
-    print(f"  import keras_dynloss - import tensorflow, keras: "
-          f"{med[names[1]] - med[names[0]]:+.2f} s")
-    print(f"  same, to the first op:                          "
-          f"{med[names[3]] - med[names[2]]:+.2f} s")
-    for line in noise[names[3]][:5]:
-        print(f"    stderr: {line[:120]}")
+            faults[name].append(minflt)
+    start = time.perf_counter()
+    cli = subprocess.run([sys.executable, "-m", "keras_dynloss", "--help"], env=env,
+                         capture_output=True, text=True, cwd=os.path.expanduser("~"))
+    cli_seconds = time.perf_counter() - start
+    med = {n: statistics.median(t) for n, t in times.items()}
+    base, ours = codes
+    print(f"import time (in-process), KERAS_BACKEND={args.backend}, medians of {args.runs} "
+          f"alternating fresh interpreters, {os.cpu_count()} CPU cores, load "
+          f"{os.getloadavg()[0]:.1f}")
+    for name in codes:
+        print(f"  {name:28s} {med[name]:6.2f} s  ({statistics.median(faults[name]):.0f} minor "
+              "page faults)")
+    paired = statistics.median(b - a for a, b in zip(times[base], times[ours]))
+    print(f"  {ours} - {base}: {med[ours] - med[base]:+.2f} s (paired {paired:+.2f} s)  "
+          "goal <= 0.3 s")
+    lines = [line for line in cli.stderr.splitlines() if line.strip()]
+    print(f"  python -m keras_dynloss --help: {cli_seconds:.2f} s whole process, exit "
+          f"{cli.returncode}, {len(lines)} stderr lines  goal: 0 lines")
+    for line in lines:
+        print(f"    stderr: {line[:150]}")
 
 
 if __name__ == "__main__":
