@@ -93,3 +93,21 @@ def sibling_callbacks(callback):
                 return list(owner.callbacks)
         frame = frame.f_back
     return []
+
+
+def track(model, name, value):
+    """Sets the attribute `name` of `model` to `value` (a metric, or a list of them), so that
+    Keras tracks it (`model.metrics`, `model.metrics_variables`), also once `model` is built.
+
+    Why private: a built Keras layer locks its state tracker (`Layer._lock_state`), and a
+    subclassed model is built before the scheduler or a probe can attach its state; Keras
+    itself unlocks `_tracker` around such changes (`Layer.quantize`).
+    """
+    tracker = model._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        setattr(model, name, value)
+    finally:
+        if locked:
+            tracker.lock()

@@ -21,6 +21,8 @@ Step sources (`source.read()` inside the compiled step):
 import keras
 from keras import ops
 
+from keras_dynloss import _compat
+
 __all__ = []
 
 
@@ -93,7 +95,7 @@ def states(model):
 
 def attach(model, state):
     """Attaches `state` to `model`: it is then in `model.metrics` / `metrics_variables`."""
-    model._keras_dynloss_states = states(model) + [state]
+    _compat.track(model, "_keras_dynloss_states", states(model) + [state])
     if keras.backend.backend() == "jax":
         install(model)
 

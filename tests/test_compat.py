@@ -122,3 +122,23 @@ def test_sibling_callbacks_sees_the_fit_call():
     assert seen["list"][:2] == [stop, look]
     assert any(isinstance(c, keras.callbacks.History) for c in seen["list"])
     assert _compat.sibling_callbacks(look) == []
+
+
+@pytest.mark.multi_backend
+def test_track_adds_state_to_a_built_subclassed_model():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Net()
+    model(np.zeros((1, 3), "float32"))  # built: Keras locks its state
+    metric = keras.metrics.Mean(name="tracked")
+    with pytest.raises(ValueError, match="already built"):
+        model.untracked = keras.metrics.Mean()
+    _compat.track(model, "tracked", metric)
+    assert metric in model.metrics and model._tracker.locked
+    assert any(v is metric.variables[0] for v in model.metrics_variables)

@@ -84,6 +84,27 @@ def test_warm_up_and_an_amplitude_schedule_inside_fit(spiral, jit, spe):
     _assert_weights(model, numpy_gd(start, x, y, 40, LR, gamma, dtype="float32"), 3e-5)
 
 
+def test_a_built_subclassed_model(spiral):
+    """A subclassed model is built (and its state locked) before the scheduler binds."""
+    x, y = spiral
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(8, activation="relu")
+            self.out = keras.layers.Dense(C)
+
+        def call(self, inputs):
+            return self.out(self.hidden(inputs))
+
+    keras.utils.set_random_seed(0)
+    model = _compile(Net(), spe=SPE)
+    model(x[:1])
+    start = model.get_weights()
+    _fit(model, x, y, 12)
+    _assert_weights(model, numpy_gd(start, x, y, 12, LR, _gamma, dtype="float32"), 3e-5)
+
+
 def test_class_weight_and_sample_weight_multiply_gamma(spiral):
     x, y = spiral
     cw = {0: 2.0, 1: 1.0, 2: 0.5}
