@@ -1,99 +1,75 @@
-"""Cost of probing curvature during training, paper Fig. 4 setup.
+"""Fig. 4 with curvature probes every 25 steps inside the training loop, ÷ without.
 
-The package's spiral (`keras_dynloss.datasets.spiral`, 3 arms x 100 points),
-MLP 2-100-3 (ReLU), full-batch gradient descent with `SGD(1.0)`, `--steps`
-steps (70000 in the paper), `steps_per_execution=25`, the dynamical loss
-`DynamicalLoss(A=70, T=5000)` with `DynamicalLossScheduler` (`--plain` for
-cross-entropy). The probed run adds `CurvatureProbe(every_n_steps=25)`:
-Hessian lambda_max by Lanczos warm-started from the previous probe's Ritz
-vector (plus a random component), stopped at a relative residual `--tol`
-(1e-3), at most `--order` products; `--ntk` adds the NTK lambda_max,
-`--cold` disables the warm start, `--jit` compiles the probe with XLA.
+Each timing is a fresh process, the configurations alternating `--runs` times (medians):
 
-Baseline and probed runs alternate `--repeats` times; the ratio of the medians
-is printed with the Hessian-vector products per probe and the residuals, and
-the final weights of both runs are checked to be identical.
+1. the spiral runner (`experiments._spiral.train_spiral`: MLP 2-100-3, float64, XLA, 70000
+   full-batch GD steps, Γ with A = 70, T = 5000) with the in-step Hessian λ_max every 25 steps
+   (`InStepProbe`: Lanczos order 10, tolerance 1e-3, warm start) ÷ unprobed: `fit` alone and
+   the whole process (goal <= 1.5);
+2. the user's command, Hessian and NTK λ_max as the paper plots:
+   `python -m keras_dynloss fig4 --probe-every 25` ÷ `--probe-every 0`, whole process
+   (goal <= 2.0).
 
-Run: PYTHONPATH=. python bench/curvature_fig4.py --steps 70000
+Run: PYTHONPATH=. python bench/curvature_fig4.py [--runs 3] [--steps 70000]
 """
 
 import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
-import keras
-import numpy as np
-
-from curvature_common import spiral, spiral_mlp
-from keras_dynloss.curvature import CurvatureProbe
-from keras_dynloss.experiments._spiral import full_batch_dataset
+RUNNER = ("import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3'); "
+          "from keras_dynloss.experiments._spiral import train_spiral; "
+          "r = train_spiral(width=100, steps={steps}, dtype='float64', probe_every={every}, "
+          "probe_ntk=False); print('fit', r['seconds'])")
 
 
-def run(x, y, steps, spe, callbacks, plain):
-    from keras_dynloss import DynamicalLoss, DynamicalLossScheduler
-
-    model = spiral_mlp(seed=0)
-    if plain:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    else:
-        loss = DynamicalLoss(3, amplitude=70.0, period=5000, from_logits=True)
-        callbacks = [DynamicalLossScheduler(log_weights=False)] + callbacks
-    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=loss, steps_per_execution=spe)
-    per_epoch = min(steps, 1000)
-    ds = full_batch_dataset(x, y)
+def timed(command):
+    """(whole-process seconds, the `fit` seconds the process printed or None)."""
     t0 = time.perf_counter()
-    model.fit(ds, steps_per_epoch=per_epoch, epochs=steps // per_epoch, verbose=0, shuffle=False,
-              callbacks=callbacks)
-    return time.perf_counter() - t0, model
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    fit = [float(line.split()[1]) for line in out.splitlines() if line.startswith("fit ")]
+    return time.perf_counter() - t0, fit[0] if fit else None
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=70000)
-    parser.add_argument("--every", type=int, default=25)
-    parser.add_argument("--spe", type=int, default=25)
-    parser.add_argument("--order", type=int, default=20)
-    parser.add_argument("--tol", type=float, default=1e-3)
-    parser.add_argument("--noise", type=float, default=0.01, help="warm_start_noise")
-    parser.add_argument("--cold", action="store_true")
-    parser.add_argument("--ntk", action="store_true")
-    parser.add_argument("--jit", action="store_true", help="CurvatureProbe(jit_compile=True)")
-    parser.add_argument("--plain", action="store_true", help="cross-entropy instead of the dynamical loss")
-    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    x, y = spiral()
-    steps = args.steps - args.steps % min(args.steps, 1000)
-    base_times, probe_times = [], []
-    for _ in range(args.repeats):
-        t, base = run(x, y, steps, args.spe, [], args.plain)
-        base_times.append(t)
-        probe = CurvatureProbe((x, y), every_n_steps=args.every, lanczos_order=args.order, tol=args.tol,
-                               warm_start=not args.cold, warm_start_noise=args.noise, ntk=args.ntk,
-                               jit_compile=args.jit)
-        t, probed = run(x, y, steps, args.spe, [probe], args.plain)
-        probe_times.append(t)
-    same = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(base.variables, probed.variables))
-    h = probe.history
-    n_probes = len(h["step"])
-    hvps = np.array(h["hessian_matvecs"])
-    rel = np.array(h["hessian_max_eig_residual"]) / np.abs(h["hessian_max_eig"])
-    t_base, t_probe = np.median(base_times), np.median(probe_times)
-    print(f"steps={steps} steps_per_execution={args.spe}, {'cross-entropy' if args.plain else 'DynamicalLoss(A=70, T=5000)'}; "
-          f"probe every {args.every} steps: Hessian lambda_max, Lanczos {'cold' if args.cold else 'warm'} start, "
-          f"tol {args.tol:g}, at most {args.order} HVPs" + (", + NTK" if args.ntk else "")
-          + (", XLA" if args.jit else ""))
-    print(f"  baseline fit: {t_base:8.2f} s  ({t_base / steps * 1e6:.1f} us/step)  runs {np.round(base_times, 2)}")
-    print(f"  probed fit:   {t_probe:8.2f} s  ({n_probes} probes, {(t_probe - t_base) / n_probes * 1e3:.2f} ms extra "
-          f"per probe)  runs {np.round(probe_times, 2)}")
-    print(f"  ratio probed/baseline (medians of {args.repeats}): {t_probe / t_base:.2f}  (goal <= 1.3)")
-    print(f"  HVPs per probe: mean {hvps.mean():.2f}, median {np.median(hvps):.0f}, max {hvps.max()} "
-          f"(first probe {hvps[0]}); relative residual max {rel.max():.2e}, "
-          f"above tol in {(rel > args.tol).sum()} of {n_probes} probes")
-    print(f"  final weights identical: {same}")
-    for i in sorted({0, n_probes // 4, n_probes // 2, 3 * n_probes // 4, n_probes - 1}):
-        ntk = f"  ntk_max_eig={h['ntk_max_eig'][i]:.3f}" if "ntk_max_eig" in h else ""
-        print(f"  step {h['step'][i]:6d}: hessian_max_eig={h['hessian_max_eig'][i]:.4f} "
-              f"(residual {h['hessian_max_eig_residual'][i]:.1e}, {h['hessian_matvecs'][i]} HVPs)  "
-              f"eos_ratio={h['eos_ratio'][i]:.3f}{ntk}")
+    out = tempfile.mkdtemp()
+    configs = {
+        "runner, unprobed": [sys.executable, "-c", RUNNER.format(steps=args.steps, every=0)],
+        "runner, Hessian every 25": [sys.executable, "-c",
+                                     RUNNER.format(steps=args.steps, every=25)],
+        "fig4 --probe-every 0": [sys.executable, "-m", "keras_dynloss", "fig4", "--steps",
+                                 str(args.steps), "--probe-every", "0", "--no-progress",
+                                 "--out", out],
+        "fig4 --probe-every 25": [sys.executable, "-m", "keras_dynloss", "fig4", "--steps",
+                                  str(args.steps), "--probe-every", "25", "--no-progress",
+                                  "--out", out],
+    }
+    times = {name: [] for name in configs}
+    for run in range(args.runs):
+        for name, command in configs.items():
+            times[name].append(timed(command))
+            print(f"run {run + 1}: {name:26s} whole {times[name][-1][0]:6.2f} s", flush=True)
+
+    def median(name, part):
+        return statistics.median(t[part] for t in times[name])
+
+    print(f"\nmedians of {args.runs} runs, {args.steps} steps")
+    for name in configs:
+        fit = median(name, 1) if times[name][0][1] is not None else None
+        print(f"  {name:26s} whole {median(name, 0):6.2f} s" + (f"   fit {fit:6.2f} s" if fit else ""))
+    print(f"runner, Hessian every 25 ÷ unprobed: whole process "
+          f"{median('runner, Hessian every 25', 0) / median('runner, unprobed', 0):.2f}, fit "
+          f"{median('runner, Hessian every 25', 1) / median('runner, unprobed', 1):.2f} (goal <= 1.5)")
+    print(f"fig4 --probe-every 25 ÷ --probe-every 0, whole process: "
+          f"{median('fig4 --probe-every 25', 0) / median('fig4 --probe-every 0', 0):.2f} "
+          "(goal <= 2.0)")
 
 
 if __name__ == "__main__":

@@ -110,8 +110,9 @@ class FullBatchSequential(keras.Sequential):
     updates on one batch are K ordinary `fit` steps: the same forward pass, loss (Γ(t) read
     from `optimizer.iterations`), gradient, `optimizer.apply` and compiled metrics, as one
     compiled loop (Keras's own `steps_per_execution` launches the step once per update).
-    Before each update, and after the last, the loop calls `in_step_probe.maybe_probe()`
-    (an `InStepProbe`, set after `compile`); after each update `recorder.record(...)`.
+    Each trip of the loop calls `in_step_probe.maybe_probe()` (an `InStepProbe`, set after
+    `compile`) at the weights of the current step, then updates them while the batch and the
+    run last (so the last trip only probes); after each update `recorder.record(...)`.
     `total_steps` stops the last batch early, so one `fit` call covers any number of steps.
 
     Args:
@@ -169,23 +170,24 @@ class FullBatchSequential(keras.Sequential):
         x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
         probe, variables = self.in_step_probe, self.trainable_variables
 
-        def update(i, loss_sum):
-            if probe is not None:
-                probe.maybe_probe()  # reads the weights of this step, before its update
+        def update():
             step = tf.identity(self.optimizer.iterations.value)  # read now, not after the update
             with tf.GradientTape() as tape:
                 y_pred = self(x, training=True)
                 loss = self._loss_value(y, y_pred, sw)
             self.optimizer.apply(tape.gradient(loss, variables), variables)
             self._after_update(step, loss, y, y_pred, sw)
-            return i + 1, loss_sum + tf.cast(loss, tf.float64)
+            return tf.cast(loss, tf.float64)
 
-        count, loss_sum = tf.while_loop(
-            lambda i, _: self._more(i, tf.convert_to_tensor(self.optimizer.iterations)), update,
-            (tf.constant(0), tf.constant(0.0, tf.float64)))
-        if probe is not None:
-            with tf.control_dependencies([loss_sum]):
-                probe.maybe_probe()  # after the last update
+        def trip(i, go, loss_sum):  # probe the weights of this step, then update if due
+            if probe is not None:
+                probe.maybe_probe()
+            go = self._more(i, tf.convert_to_tensor(self.optimizer.iterations))
+            loss = tf.cond(go, update, lambda: tf.constant(0.0, tf.float64))
+            return i + tf.cast(go, tf.int32), go, loss_sum + loss
+
+        count, _, loss_sum = tf.while_loop(lambda i, go, _: go, trip, (
+            tf.constant(0), tf.constant(True), tf.constant(0.0, tf.float64)))
         return self._finish(x, loss_sum, count)
 
     def _train_step_torch(self, data):
@@ -194,9 +196,11 @@ class FullBatchSequential(keras.Sequential):
         x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
         probe, variables = self.in_step_probe, self.trainable_variables
         count, loss_sum = 0, 0.0
-        while bool(self._more(count, ops.convert_to_tensor(self.optimizer.iterations))):
+        while True:  # probe the weights of this step, then update if due
             if probe is not None:
                 probe.maybe_probe()
+            if not bool(self._more(count, ops.convert_to_tensor(self.optimizer.iterations))):
+                break
             step = ops.copy(ops.convert_to_tensor(self.optimizer.iterations))
             self.zero_grad()
             y_pred = self(x, training=True)
@@ -206,8 +210,6 @@ class FullBatchSequential(keras.Sequential):
                 self.optimizer.apply([v.value.grad for v in variables], variables)
             self._after_update(step, loss.detach(), y, y_pred.detach(), sw)
             count, loss_sum = count + 1, loss_sum + float(loss.detach())
-        if probe is not None:
-            probe.maybe_probe()
         return self._finish(x, ops.convert_to_tensor(loss_sum), count)
 
     def _train_step_jax(self, state, data):
@@ -226,13 +228,13 @@ class FullBatchSequential(keras.Sequential):
                 out = fn()
             return out, tuple([scope.get_current_value(v) for v in vs] for vs in groups)
 
-        def update(carry):
-            i, loss_sum, state = carry
-            if probe is not None:
-                state = scoped(state, probe.maybe_probe)[1]
+        def iterations(state):
+            return scoped(state, lambda: ops.convert_to_tensor(self.optimizer.iterations))[0]
+
+        def update(state):
             state = _state.mirrored(self, state)
             trainable, non_trainable, opt, metrics = state
-            step = scoped(state, lambda: ops.convert_to_tensor(self.optimizer.iterations))[0]
+            step = iterations(state)
 
             def objective(trainable):
                 def run():
@@ -248,17 +250,18 @@ class FullBatchSequential(keras.Sequential):
             trainable, opt = self.optimizer.stateless_apply(opt, grads, trainable)
             state = scoped((trainable, non_trainable, opt, metrics),
                            lambda: self._after_update(step, loss, y, y_pred, sw))[1]
-            return i + 1, loss_sum + ops.cast(loss, "float32"), state
+            return ops.cast(loss, "float32"), state
 
-        def more(carry):
-            i, _, state = carry
-            return self._more(i, scoped(state, lambda: ops.convert_to_tensor(
-                self.optimizer.iterations))[0])
+        def trip(carry):  # probe the weights of this step, then update if due
+            i, _, loss_sum, state = carry
+            if probe is not None:
+                state = scoped(state, probe.maybe_probe)[1]
+            go = self._more(i, iterations(state))
+            loss, state = jax.lax.cond(go, update, lambda s: (ops.zeros((), "float32"), s), state)
+            return i + ops.cast(go, "int32"), go, loss_sum + loss, state
 
-        count, loss_sum, state = jax.lax.while_loop(
-            more, update, (0, ops.zeros((), "float32"), tuple(list(s) for s in state)))
-        if probe is not None:
-            state = scoped(state, probe.maybe_probe)[1]
+        count, _, loss_sum, state = jax.lax.while_loop(lambda carry: carry[1], trip, (
+            0, True, ops.zeros((), "float32"), tuple(list(s) for s in state)))
         logs, state = scoped(state, lambda: self._finish(x, loss_sum, count))
         return logs, state
 
