@@ -8,11 +8,11 @@ when the model has convolutions.
 
 Measured on the ResNet-style CNN of `curvature_scale.py` (probe batch 256),
 medians of 3 calls after a warm-up call, graph mode and XLA side by side:
-* one Hessian product (`hessian.hvp_fn`) alone;
+* one Hessian product (`products.curvature_fn`) alone;
 * 3 Hessian products in a `tf.while_loop`;
 * the spiral MLP (no convolution): 3 products in a loop, for contrast.
 
-Run: PYTHONPATH=. python bench/xla_cpu_conv_loop.py
+Run: PYTHONPATH=.:bench python bench/xla_cpu_conv_loop.py
 """
 
 import os
@@ -24,24 +24,25 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from curvature_common import spiral, spiral_mlp  # noqa: E402
-from curvature_scale import data, resnet_cnn  # noqa: E402
-from keras_dynloss.curvature import flat as flat_lib  # noqa: E402
-from keras_dynloss.curvature import hessian  # noqa: E402
+from curvature_common import fashion, resnet_cnn  # noqa: E402
+from keras_dynloss.curvature.flat import FlatParameters  # noqa: E402
+from keras_dynloss.curvature.products import curvature_fn  # noqa: E402
+from keras_dynloss.datasets import spiral  # noqa: E402
+from keras_dynloss.experiments._spiral import build_mlp  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def timings(model, x, y, loop):
-    flat = flat_lib.FlatParameters(model)
-    hvp = hessian.hvp_fn(flat, LOSS)
+    flat = FlatParameters(model)
+    record = curvature_fn(flat, LOSS)
     x, y, v = tf.constant(x), tf.constant(y), tf.ones([flat.size], flat.dtype)
 
     def products():
+        hvp = record(flat.read(), flat.non_trainable(), x, y, None)
         if not loop:
-            return hvp(flat.read(), v, x, y, None)[0]
-        return tf.while_loop(lambda i, w: i < 3, lambda i, w: (i + 1, hvp(flat.read(), w, x, y, None)[0] / 1e3),
-                             (0, v))[1]
+            return hvp(v)
+        return tf.while_loop(lambda i, w: i < 3, lambda i, w: (i + 1, hvp(w) / 1e3), (0, v))[1]
 
     out = {}
     for jit in (False, True):
@@ -57,10 +58,10 @@ def timings(model, x, y, loop):
 
 
 def main():
-    x, y = data(256)
+    x, y = fashion(256)
     cnn = resnet_cnn()
     xs, ys = spiral()
-    mlp = spiral_mlp()
+    mlp = build_mlp(100)
     print("Hessian products, graph mode vs XLA on this CPU (median of 3 calls after a warm-up)")
     for name, model, xb, yb, loop in (("CNN, one product alone", cnn, x, y, False),
                                       ("CNN, 3 products in a tf.while_loop", cnn, x, y, True),
