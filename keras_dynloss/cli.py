@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+from keras_dynloss.experiments._losses import LOSSES
+
 __all__ = ["main", "build_parser"]
 
 
@@ -44,17 +46,6 @@ def _checked(kind, ok, expected):
     return parse
 
 
-_POSITIVE = _checked(int, lambda v: v >= 1, "an integer >= 1")
-_NONNEGATIVE = _checked(int, lambda v: v >= 0, "an integer >= 0")
-_LEARNING_RATE = _checked(float, lambda v: v > 0, "a number > 0")
-_AMPLITUDE = _checked(float, lambda v: v >= 1, "a number >= 1")
-_MOMENTUM = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-def _optional_int(text):
-    return None if text.lower() == "none" else int(text)
-
-
 def _data(text):
     text = "idx" if text == "offline" else text
     if text in ("auto", "keras", "idx", "tfds") or (text.startswith("tfds:") and len(text) > 5):
@@ -63,86 +54,95 @@ def _data(text):
         f"expected auto, keras, idx (or offline), tfds or tfds:NAME. Received: {text!r}")
 
 
+_POSITIVE = _checked(int, lambda v: v >= 1, "an integer >= 1")
+_NONNEGATIVE = _checked(int, lambda v: v >= 0, "an integer >= 0")
+_SPIRAL, _SWEEPS, _ALL = ("fig4", "width-sweep"), ("width-sweep", "overparam"), (
+    "fig4", "width-sweep", "overparam")
+#: (commands, flags, `add_argument` keywords); `dest` is the last flag's name.
+_OPTIONS = [
+    (_ALL, ["--out"], dict(default="runs", help="output folder (default: runs)")),
+    (_ALL, ["--quick"], dict(action="store_true", help="tiny smoke-test settings")),
+    (_ALL, ["--no-progress"], dict(action="store_true", help="no progress bar")),
+    (_ALL, ["--threads"], dict(type=_NONNEGATIVE, help="CPU threads of this process (default: "
+                               "1 for fig4 and width-sweep, whose small model runs fastest on "
+                               "one; 0: the backend's default; workers get cores / processes)")),
+    (_SPIRAL, ["--steps"], dict(type=_POSITIVE, help="GD steps")),
+    (_SPIRAL, ["--period"], dict(type=_POSITIVE, help="period T in steps")),
+    (_SPIRAL, ["--dtype"], dict(choices=("float32", "float64"))),
+    (_SPIRAL, ["--loss"], dict(choices=LOSSES, default="ce",
+                               help="ce: dynamical cross-entropy (A=1: cross-entropy); mse: "
+                                    "plain MSE (A=1 only); dmse: Γ of the sample's class on its "
+                                    "squared error; dmse-componentwise: Γ_i on output i")),
+    (["fig4"], ["--seed"], dict(type=int)),
+    (["fig4"], ["--width"], dict(type=_POSITIVE)),
+    (["fig4"], ["--amplitude"], dict(type=_checked(float, lambda v: v >= 1, "a number >= 1"))),
+    (["fig4"], ["--probe-every"], dict(type=_NONNEGATIVE,
+                                       help="Hessian and NTK probe interval (0: no probes)")),
+    (_SWEEPS, ["--seed", "--seeds"], dict(type=_ints, help="seeds, e.g. 0,1,2 or 0-9")),
+    (_SWEEPS, ["--amplitude", "--amplitudes"], dict(
+        type=_floats, help="comma-separated A values (1: the static loss)")),
+    (_SWEEPS, ["--learning-rate"], dict(type=_checked(float, lambda v: v > 0, "a number > 0"))),
+    (_SWEEPS, ["--processes"], dict(type=_POSITIVE, help="worker processes")),
+    (_SWEEPS, ["--resume"], dict(action="store_true", help="keep the runs of OUT/<command>.jsonl"
+                                 " (same settings), train only the missing ones")),
+    (["width-sweep"], ["--width", "--widths"], dict(type=_ints)),
+    (["width-sweep"], ["--reference"], dict(help="JSON of reference runs to compare with, e.g. "
+                                            "results/reference/spiral_width_reference.json "
+                                            "(if loss, steps, period, η and dtype match)")),
+    (["overparam"], ["--width"], dict(type=_POSITIVE, help="hidden units / CNN filters")),
+    (["overparam"], ["--period", "--periods"], dict(type=_ints, help="periods in epochs, "
+                                                    "e.g. 1,2,5")),
+    (["overparam"], ["--steps", "--epochs"], dict(type=_POSITIVE)),
+    (["overparam"], ["--train-size"], dict(type=_POSITIVE)),
+    (["overparam"], ["--test-size"], dict(type=_POSITIVE)),
+    (["overparam"], ["--batch-size"], dict(type=_POSITIVE)),
+    (["overparam"], ["--momentum"], dict(type=_checked(float, lambda v: 0 <= v < 1,
+                                                       "a number in [0, 1)"))),
+    (["overparam"], ["--data"], dict(type=_data, default="auto", help="auto (Fashion-MNIST "
+                                     "from Keras, then Debian's IDX files, then TFDS), keras, "
+                                     "idx, tfds, or tfds:NAME for any TFDS image set")),
+    (["overparam"], ["--model"], dict(choices=("auto", "mlp", "myrtle"), default="auto",
+                                      help="auto: the MLP for Fashion-MNIST, a Myrtle-style CNN "
+                                           "for tfds:NAME; myrtle has its own defaults")),
+]
+for _command, _default in (("fig4", "none"), ("width-sweep", "1")):
+    _OPTIONS.append(([_command], ["--validation-seed"], dict(
+        type=lambda t: None if t.lower() == "none" else int(t), default=_default,
+        help="noise seed of a held-out spiral (training uses 0); none: no validation "
+             f"(default {_default})")))
+_HELP = {"fig4": "Fig. 4: one spiral run, Γ, F, accuracy, λ_max",
+         "width-sweep": "final spiral accuracy vs width, A, seed",
+         "overparam": "amplitude x period grid on Fashion-MNIST"}
+
+
 def build_parser():
     """The `argparse` parser of the three commands."""
-    from keras_dynloss.experiments._losses import LOSSES
-
     parser = argparse.ArgumentParser(
         prog="keras-dynloss", description="Reproduce the experiments of 'Tilting the playing "
         "field: dynamical loss functions for machine learning' with keras_dynloss.")
     commands = parser.add_subparsers(dest="command", required=True)
-    fig4 = commands.add_parser("fig4", help="Fig. 4: one spiral run, Γ, F, accuracy, λ_max")
-    width = commands.add_parser("width-sweep", help="final spiral accuracy vs width, A, seed")
-    over = commands.add_parser("overparam", help="amplitude x period grid on Fashion-MNIST")
-    for p in (fig4, width, over):
-        p.add_argument("--out", default="runs", help="output folder (default: runs)")
-        p.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("--threads", type=_NONNEGATIVE, default=None,
-                       help="CPU threads of this process (default: 1 for fig4 and "
-                            "width-sweep, whose small model runs fastest on one; 0: the "
-                            "backend's default; worker processes get cores / processes)")
-    for p in (fig4, width):
-        p.add_argument("--steps", type=_POSITIVE, help="GD steps")
-        p.add_argument("--period", type=_POSITIVE, help="period T in steps")
-        p.add_argument("--dtype", choices=("float32", "float64"))
-        p.add_argument("--loss", choices=LOSSES, default="ce",
-                       help="ce: dynamical cross-entropy (A=1: cross-entropy); mse: plain MSE "
-                            "(A=1 only); dmse: Γ of the sample's class on its squared error; "
-                            "dmse-componentwise: Γ_i on output i")
-    fig4.add_argument("--seed", type=int)
-    fig4.add_argument("--width", type=_POSITIVE)
-    fig4.add_argument("--amplitude", type=_AMPLITUDE)
-    fig4.add_argument("--probe-every", type=_NONNEGATIVE, dest="probe_every",
-                      help="Hessian and NTK probe interval in steps (0: no probes)")
-    for p, default in ((fig4, "none"), (width, "1")):
-        p.add_argument("--validation-seed", type=_optional_int, dest="validation_seed",
-                       default=_optional_int(default),
-                       help="noise seed of a held-out spiral (training uses 0); none: no "
-                            f"validation (default {default})")
-    for p in (width, over):
-        p.add_argument("--seeds", "--seed", type=_ints, dest="seeds",
-                       help="seeds, e.g. 0,1,2 or 0-9")
-        p.add_argument("--amplitudes", "--amplitude", type=_floats, dest="amplitudes",
-                       help="comma-separated A values (1: the static loss)")
-        p.add_argument("--learning-rate", type=_LEARNING_RATE, dest="learning_rate")
-        p.add_argument("--processes", type=_POSITIVE, help="worker processes")
-        p.add_argument("--resume", action="store_true",
-                       help="keep the runs of OUT/<command>.jsonl (same settings) and train "
-                            "only the missing ones (after a crash, or more seeds, ...)")
-    width.add_argument("--widths", "--width", type=_ints, dest="widths")
-    width.add_argument("--reference", help="JSON of reference runs to compare with, e.g. "
-                       "results/reference/spiral_width_reference.json (compared only when "
-                       "loss, steps, period, η and dtype match)")
-    over.add_argument("--width", type=_POSITIVE, help="hidden units / CNN filters")
-    over.add_argument("--periods", "--period", type=_ints, dest="periods",
-                      help="periods in epochs, e.g. 1,2,5")
-    over.add_argument("--epochs", "--steps", type=_POSITIVE, dest="epochs")
-    over.add_argument("--train-size", type=_POSITIVE, dest="train_size")
-    over.add_argument("--test-size", type=_POSITIVE, dest="test_size")
-    over.add_argument("--batch-size", type=_POSITIVE, dest="batch_size")
-    over.add_argument("--momentum", type=_MOMENTUM, help="SGD momentum in [0, 1)")
-    over.add_argument("--data", type=_data, default="auto",
-                      help="auto (Fashion-MNIST from Keras, then Debian's IDX files, then "
-                           "TFDS), keras, idx, tfds, or tfds:NAME for any TFDS image set")
-    over.add_argument("--model", choices=("auto", "mlp", "myrtle"), default="auto",
-                      help="auto: the MLP for Fashion-MNIST, a Myrtle-style CNN for "
-                           "tfds:NAME; myrtle has its own defaults")
+    sub = {name: commands.add_parser(name, help=text) for name, text in _HELP.items()}
+    for names, flags, kwargs in _OPTIONS:
+        for name in names:
+            sub[name].add_argument(*flags, dest=flags[-1][2:].replace("-", "_"), **kwargs)
     return parser
 
 
-def _settings(module, args, names, defaults=None):
+def _settings(module, args, defaults=None):
     """The command's defaults (or quick ones), overridden by the flags given."""
     out = dict(module.QUICK if args.quick else defaults or module.DEFAULTS)
-    out.update({n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
-    return out
+    return dict(out, **{n: getattr(args, n) for n in out if getattr(args, n, None) is not None})
+
+
+def _sweep_options(args):
+    return dict(out=args.out, resume=args.resume, progress=not args.no_progress,
+                processes=args.processes or (1 if args.quick else None))
 
 
 def _fig4(args):
     from keras_dynloss.experiments import fig4
 
-    cfg = _settings(fig4, args, ("width", "amplitude", "period", "steps", "seed",
-                                 "probe_every", "dtype"))
+    cfg = _settings(fig4, args)
     result = fig4.run(loss=args.loss, validation_seed=args.validation_seed,
                       progress=not args.no_progress, **cfg)
     val = result.get("val_acc")
@@ -152,19 +152,12 @@ def _fig4(args):
     return fig4.write(result, args.out)
 
 
-def _sweep_options(args):
-    return dict(out=args.out, resume=args.resume, progress=not args.no_progress,
-                processes=args.processes or (1 if args.quick else None))
-
-
 def _width_sweep(args):
     from keras_dynloss.experiments import width_sweep
 
-    cfg = _settings(width_sweep, args, ("widths", "amplitudes", "seeds", "steps", "period",
-                                        "dtype", "loss", "learning_rate"))
     reference = width_sweep.load_reference(args.reference) if args.reference else None
-    result = width_sweep.run(validation_seed=args.validation_seed, reference=reference, **cfg,
-                             **_sweep_options(args))
+    result = width_sweep.run(validation_seed=args.validation_seed, reference=reference,
+                             **_settings(width_sweep, args), **_sweep_options(args))
     print(width_sweep.table(result))
     return width_sweep.write(result, args.out, reference)
 
@@ -173,10 +166,7 @@ def _overparam(args):
     from keras_dynloss.experiments import overparam
 
     cnn = args.model == "myrtle" or (args.model == "auto" and args.data.startswith("tfds:"))
-    cfg = _settings(overparam, args, ("amplitudes", "periods", "seeds", "width", "train_size",
-                                      "test_size", "epochs", "batch_size", "learning_rate",
-                                      "momentum"),
-                    overparam.MYRTLE_DEFAULTS if cnn else overparam.DEFAULTS)
+    cfg = _settings(overparam, args, overparam.MYRTLE_DEFAULTS if cnn else None)
     result = overparam.run(data=args.data, model=args.model, **cfg, **_sweep_options(args))
     print(overparam.table(result))
     return overparam.write(result, args.out)
@@ -186,28 +176,20 @@ _COMMANDS = {"fig4": _fig4, "width-sweep": _width_sweep, "overparam": _overparam
 
 
 def main(argv=None):
-    """Entry point of `python -m keras_dynloss` and `keras-dynloss`.
-
-    Args:
-        argv: the arguments (default: the process's command line). Called with `argv`
-            from a program, the process's CPU threads are left alone unless `--threads` is
-            given.
-
-    Returns:
-        0 (an exit status).
-    """
+    """Entry point of `python -m keras_dynloss` and `keras-dynloss`: runs the command of `argv`
+    (default: the process's command line; called with `argv` from a program, the process's
+    CPU threads are left alone unless `--threads` is given) and returns 0."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, if it has not
-    command_line = argv is None
     args = build_parser().parse_args(argv)
     from keras_dynloss.experiments.workers import set_cpu_threads
 
-    threads = args.threads
-    if threads is None:  # one thread for the spiral's small model, in the command line only
-        threads = 1 if command_line and args.command in ("fig4", "width-sweep") else 0
-    set_cpu_threads(threads)
+    spiral = args.command in _SPIRAL
+    if args.threads is None:  # one thread for the spiral's small model, in the command line only
+        args.threads = 1 if argv is None and spiral else 0
+    set_cpu_threads(args.threads)
     import keras
 
-    if args.command in ("fig4", "width-sweep") and keras.backend.backend() == "jax":
+    if spiral and keras.backend.backend() == "jax":
         import jax
 
         jax.config.update("jax_enable_x64", True)  # the spiral runs default to float64

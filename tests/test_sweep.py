@@ -166,4 +166,4 @@ def test_width_sweep_table_with_the_reference_and_a_diverged_run():
     assert "| 16 | DCE A=70 | 3 | 0.600 ± 0.100 | 0.600 [0.550, 0.650] | 0/3 |" in table
     assert "1 run(s) ended with a non-finite loss" in table and "A=70 seed 2" in table
     assert ("| 16 | DCE A=70 | 0.600 [0.550, 0.650] | 0/3 | 0.900 [0.850, 0.925] | 1/3 | "
-            "0.00 | 0.1 | 0.1 | no |") in table
+            "0.00 | 0 | 0.1 | 0.1 | no |") in table

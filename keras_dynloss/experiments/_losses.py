@@ -1,22 +1,20 @@
 """The objectives the spiral runners train with (`--loss`).
 
 * "ce": `DynamicalLoss` from logits (A = 1: cross-entropy).
-* "mse": plain MSE on one-hot targets (A must be 1).
+* "mse": plain MSE on one-hot targets (`DynamicalMeanSquaredError` at A = 1, Γ ≡ 1).
 * "dmse": `DynamicalMeanSquaredError`, the sample's squared error weighted by Γ of its class.
 * "dmse-componentwise": `DynamicalComponentwiseMeanSquaredError`, output i weighted by Γ_i.
-
-"mse" is `DynamicalMeanSquaredError` at A = 1 (Γ ≡ 1), which is Keras's MSE on one-hot
-targets, so all four follow the training step the same way.
 """
 
 from keras_dynloss._checks import check_choice, invalid
 
 __all__ = ["LOSSES", "cell_label", "spiral_loss"]
 
-LOSSES = ("ce", "mse", "dmse", "dmse-componentwise")
+#: name: (label at A = 1, label of the dynamical loss)
 _LABELS = {"ce": ("cross-entropy", "DCE"), "mse": ("MSE", "MSE"),
            "dmse": ("MSE", "DMSE (per sample)"),
            "dmse-componentwise": ("MSE", "DMSE (per component)")}
+LOSSES = tuple(_LABELS)
 
 
 def cell_label(loss, amplitude):
@@ -26,19 +24,10 @@ def cell_label(loss, amplitude):
 
 
 def spiral_loss(name, num_classes, *, amplitude, period, static_after=None, dtype=None):
-    """The `name` loss with a triangular Γ(t) of period `period` steps.
-
-    Args:
-        name: one of `LOSSES`.
-        num_classes: C.
-        amplitude: A (1: the static loss; must be 1 for "mse").
-        period: T in steps.
-        static_after: step from which Γ ≡ 1.
-        dtype: the loss's dtype (the model's).
-
-    Returns:
-        A keras_dynloss dynamical loss: of logits for "ce", of raw outputs against one-hot
-        targets for the MSEs.
+    """The `name` loss (one of `LOSSES`) with a triangular Γ(t) over `num_classes` classes of
+    amplitude A (1: the static loss; "mse" needs 1) and period T steps, Γ ≡ 1 from
+    `static_after` on, in `dtype` (the model's). Of logits for "ce", of raw outputs against
+    one-hot targets for the MSEs.
 
     Example:
         >>> loss = spiral_loss("dmse", 3, amplitude=70, period=5000, static_after=65000)

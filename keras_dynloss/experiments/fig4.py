@@ -4,12 +4,10 @@ Panels: Γ_i(t); F(t); F(t) − F(t−1); training accuracy; Hessian λ_max with
 2/η; NTK λ_max. Left column: the whole run; right column: one period, zoomed.
 """
 
-import os
-
 import numpy as np
 
+from keras_dynloss.experiments import sweep
 from keras_dynloss.experiments.provenance import provenance
-from keras_dynloss.experiments.sweep import save_figure, write_json
 
 __all__ = ["run", "figure", "write", "DEFAULTS", "QUICK"]
 
@@ -25,19 +23,18 @@ def run(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0, probe_ev
     """Trains once, recording F(t) and the accuracy at every step, with curvature probes.
 
     Args:
-        width, amplitude, period, steps, seed, dtype, learning_rate, loss, validation_seed:
-            as for `_spiral.train_spiral` (F(t) is the `loss` objective).
+        width, amplitude, period, steps, seed, dtype, learning_rate, loss, validation_seed,
+            progress: as for `_spiral.train_spiral` (F(t) is the `loss` objective).
         probe_every: Hessian and NTK probe interval in steps (0: no probes).
         zoom_period: the period shown zoomed (default: the dynamical period with the largest
-            one-step jump of F, an instability).
-        progress: a progress bar.
+            one-step jump of F).
 
     Returns:
         A JSON-ready dict: `config`, `provenance`, `final_acc`, `final_loss`, `val_acc`,
-        `max_acc`, `seconds`; `series` (`step`, `loss`, `accuracy` at up to 4000 evenly
-        spread steps, and `abs_dloss_max`, the largest |F(t) − F(t−1)| between two of them);
-        `zoom` (every step of the zoomed period: `step`, `loss`, `dloss`, `accuracy`);
-        `gamma` (`step`, `values` of shape (steps shown, C)); `probe` (the probe's history).
+        `max_acc`, `seconds`; `series` (`step`, `loss`, `accuracy` at up to 4000 evenly spread
+        steps, `abs_dloss_max`: the largest |F(t) − F(t−1)| since the previous one); `zoom`
+        (`step`, `loss`, `dloss`, `accuracy` at every step of the zoomed period); `gamma`
+        (`step`, `values` of shape (steps shown, C)); `probe` (the probe's history).
 
     Example:
         >>> result = run(**QUICK, progress=False)
@@ -126,8 +123,6 @@ def figure(result):
 
 
 def write(result, out):
-    """Writes `fig4.json` and `fig4.png` (where matplotlib is installed) into `out`; returns
-    the paths written."""
-    paths = [write_json(result, os.path.join(out, "fig4.json"), digits=6, indent=None)]
-    png = save_figure(lambda: figure(result), os.path.join(out, "fig4.png"), dpi=80)
-    return paths if png is None else paths + [png]
+    """Writes `fig4.json` and `.png` into `out`; returns the paths written."""
+    return sweep.write(result, out, "fig4", figure=lambda: figure(result), digits=6,
+                       indent=None, dpi=80)

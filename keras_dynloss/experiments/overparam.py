@@ -1,12 +1,9 @@
 """The dynamical loss in the overparameterised regime: amplitude x period on Fashion-MNIST.
 
 A wide MLP (784-width-10, ReLU) or a Myrtle-style CNN fits a small class-balanced subset of
-Fashion-MNIST with minibatch SGD; Γ(t) is triangular with a period of P epochs
-(`DynamicalLossScheduler(period_epochs=P)`), cyclic over the classes, the last P epochs
-static. A = 1 is plain cross-entropy: it does not depend on P, so it is trained once per
-seed (its rows have `period` None) and is the baseline of every cell. Each run keeps its
-per-epoch curves; each (A, P) cell is described over seeds (`stats.describe`) and its test
-accuracy compared with cross-entropy's (Mann–Whitney U, Holm over the cells).
+Fashion-MNIST with minibatch SGD; Γ(t) is triangular with a period of P epochs, cyclic over the
+classes, the last P epochs static. A = 1 (cross-entropy) does not depend on P: it is trained
+once per seed (`period` None) and is the baseline of every (A, P) cell's test accuracy.
 """
 
 import math
@@ -38,12 +35,12 @@ def load_data(source="auto", *, train_size=2000, test_size=10000, seed=0, flatte
     """Class-stratified subsets `((x_train, y_train), (x_test, y_test), source_used)`.
 
     Args:
-        source: "auto", "keras", "idx" or "tfds": Fashion-MNIST from
-            `datasets.fashion_mnist` (that source, or the first that works); or "tfds:NAME"
-            for any TFDS image classification set (e.g. "tfds:cifar10").
-        train_size, test_size: subset sizes (a test size of at least the split's is all of it).
+        source: "auto", "keras", "idx" or "tfds" (Fashion-MNIST from that source of
+            `datasets.fashion_mnist`, or the first that works), or "tfds:NAME" for any TFDS
+            image classification set.
+        train_size, test_size: subset sizes (a test size of at least the split's: all of it).
         seed: seed of the subsets.
-        flatten: images as vectors (for the MLP); False keeps (H, W) or (H, W, C).
+        flatten: images as vectors (for the MLP), else (H, W) or (H, W, C).
     """
     from keras_dynloss import datasets
 
@@ -129,21 +126,17 @@ def run(*, amplitudes=DEFAULTS["amplitudes"], periods=DEFAULTS["periods"],
         periods: periods in epochs (each < `epochs`).
         seeds: weight and shuffling seeds (the data subsets are fixed, seed 0).
         width: hidden units (MLP) or filters per layer (CNN).
-        train_size, test_size: subset sizes.
-        epochs, batch_size, learning_rate, momentum: minibatch SGD.
-        data: as `load_data`'s `source`.
-        model: "mlp", "myrtle" (`build_model`) or "auto": the MLP for Fashion-MNIST, the CNN
-            for "tfds:NAME". The CNN's inputs are standardised with the training subset's
-            pixel mean and std.
-        out, resume, processes, progress: as for `sweep.run` (runs go to
-            `out/overparam.jsonl` as they finish).
+        train_size, test_size, epochs, batch_size, learning_rate, momentum: minibatch SGD.
+        data: `load_data`'s `source`.
+        model: "mlp", "myrtle" (`build_model`; inputs standardised with the training subset's
+            pixel mean and std) or "auto": the CNN for "tfds:NAME", else the MLP.
+        out, resume, processes, progress: as for `sweep.run` (`out/overparam.jsonl`).
 
     Returns:
-        A dict: `experiment`, `config`, `cell`, `metrics`, `rows` (`{amplitude, period,
-        seed, train_acc, test_acc, final_train_loss, seconds, curves, git_commit}`; `curves`
-        holds per-epoch lists: `loss` (the dynamical loss), `train_ce`, `train_acc` (running
-        over each epoch's batches), `test_ce`, `test_acc` (on `CURVE_TEST_SIZE` test images
-        at each epoch's end)), `summary`, `comparison`, `provenance`, `reused_runs`, `seconds`.
+        `sweep.result`'s dict; rows `{amplitude, period, seed, train_acc, test_acc,
+        final_train_loss, seconds, curves, git_commit}`, `curves` per epoch: `loss`,
+        `train_ce`, `train_acc` (over each epoch's batches), `test_ce`, `test_acc` (on
+        `CURVE_TEST_SIZE` test images).
     """
     model = check_choice("model", model, ("auto", "mlp", "myrtle"))
     if model == "auto":
@@ -174,28 +167,17 @@ def run(*, amplitudes=DEFAULTS["amplitudes"], periods=DEFAULTS["periods"],
                   momentum=momentum, model_kind=model, num_classes=num_classes)
     jobs = [dict(common, amplitude=float(a), period=None if a == 1 else int(p), seed=int(s))
             for a in amplitudes for p in (periods[:1] if a == 1 else periods) for s in seeds]
-    runs = sweep.run(_one, jobs, name="overparam", settings=settings,
-                     key=("amplitude", "period", "seed"), out=out, resume=resume,
-                     processes=processes, progress=progress)
-    rows = runs["rows"]
-    return dict(experiment="overparam",
-                config=dict(settings, amplitudes=list(amplitudes), periods=list(periods),
-                            seeds=list(seeds)),
-                cell=list(CELL), metrics=METRICS,
-                summary=sweep.summarize(rows, CELL, list(METRICS)),
-                comparison=sweep.compare(rows, CELL, "test_acc", lambda cell: (None, 1.0)),
-                **runs)
-
-
-def _label(d):
-    if d["amplitude"] == 1:
-        return ["1 (CE)", "any"]
-    return [f"{d['amplitude']:g}", str(d["period"])]
+    runs = sweep.run(_one, jobs, name="overparam", settings=settings, key=(*CELL, "seed"),
+                     out=out, resume=resume, processes=processes, progress=progress)
+    return sweep.result("overparam", runs, config=dict(
+        settings, amplitudes=list(amplitudes), periods=list(periods), seeds=list(seeds)),
+        cell=CELL, metrics=METRICS, baseline=lambda cell: (None, 1.0), tested=["test_acc"])
 
 
 def table(result):
     """Markdown: a line per (A, period), then each test-accuracy test against cross-entropy."""
-    return sweep.table(result, ["A", "period (epochs)"], _label)
+    return sweep.table(result, ["A", "period (epochs)"], lambda d: (
+        ["1 (CE)", "any"] if d["amplitude"] == 1 else [f"{d['amplitude']:g}", str(d["period"])]))
 
 
 def figure(result):

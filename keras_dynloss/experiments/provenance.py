@@ -15,26 +15,23 @@ _REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 def _git(*args):
     try:
-        out = subprocess.run(["git", "-C", _REPO_DIR, *args], capture_output=True, text=True,
-                             timeout=20, check=True)
+        return subprocess.run(["git", "-C", _REPO_DIR, *args], capture_output=True, text=True,
+                              timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout
 
 
 def _own_checkout():
-    """True when the package runs from a git checkout of this project: the folder above the
-    package holds this project's setup.cfg and is the top level of its git work tree (a pip
-    install inside some other repository is not)."""
+    """Whether the folder above the package holds this project's setup.cfg and is the top of
+    its git work tree (not a pip install inside some other repository)."""
     config = configparser.ConfigParser()
     try:
         config.read(os.path.join(_REPO_DIR, "setup.cfg"), encoding="utf-8")
     except configparser.Error:
         return False
-    if config.get("metadata", "name", fallback=None) != "keras_dynloss":
-        return False
-    top = _git("rev-parse", "--show-toplevel")
-    return top is not None and os.path.realpath(top.strip()) == os.path.realpath(_REPO_DIR)
+    top = config.get("metadata", "name", fallback=None) == "keras_dynloss" and _git(
+        "rev-parse", "--show-toplevel")
+    return bool(top) and os.path.realpath(top.strip()) == os.path.realpath(_REPO_DIR)
 
 
 def _version(module):
@@ -47,24 +44,16 @@ def _version(module):
         return None
 
 
-def _command():
-    argv = list(sys.argv)
-    if argv and os.path.basename(argv[0]) == "__main__.py":  # python -m package
-        argv[:1] = ["python", "-m", os.path.basename(os.path.dirname(argv[0]))]
-    return shlex.join(argv)
-
-
 def provenance():
     """A JSON-ready dict saying what produced a result.
 
     Returns:
         `{keras_dynloss, git_commit, git_dirty, git_dirty_files, backend, versions, command}`:
-        the package's `__version__`; `git rev-parse --short HEAD` of the checkout when the
-        package runs from a git checkout of this project (None otherwise, e.g. after
-        `pip install`); whether tracked files under `keras_dynloss/` had uncommitted
-        changes, and which; the Keras backend; the versions of Keras, NumPy, TensorFlow
-        (None if not installed) and of JAX or PyTorch when they are the backend; and the
-        command line of the process.
+        the package's version; the short commit of the checkout when the package runs from a
+        git checkout of this project (else None, e.g. after `pip install`) and the tracked
+        files under `keras_dynloss/` with uncommitted changes; the Keras backend; the versions
+        of Keras, NumPy, TensorFlow and of JAX or PyTorch when they are the backend; and the
+        process's command line.
 
     Example:
         >>> provenance()["backend"]
@@ -83,11 +72,12 @@ def provenance():
             files = [line[3:] for line in status.splitlines()]
             dirty = bool(files)
     backend = keras.backend.backend()
-    versions = dict(keras=keras.__version__, numpy=_version("numpy"),
-                    tensorflow=_version("tensorflow"))
-    if backend == "jax":
-        versions.update(jax=_version("jax"), jaxlib=_version("jaxlib"))
-    elif backend == "torch":
-        versions["torch"] = _version("torch")
+    modules = {"jax": ["jax", "jaxlib"], "torch": ["torch"]}.get(backend, [])
+    versions = dict(keras=keras.__version__, **{m: _version(m) for m in
+                                               ["numpy", "tensorflow", *modules]})
+    argv = list(sys.argv)
+    if argv and os.path.basename(argv[0]) == "__main__.py":  # python -m package
+        argv[:1] = ["python", "-m", os.path.basename(os.path.dirname(argv[0]))]
     return dict(keras_dynloss=keras_dynloss.__version__, git_commit=commit, git_dirty=dirty,
-                git_dirty_files=files, backend=backend, versions=versions, command=_command())
+                git_dirty_files=files, backend=backend, versions=versions,
+                command=shlex.join(argv))

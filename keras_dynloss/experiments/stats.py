@@ -1,10 +1,9 @@
 """Statistics for small sets of runs (seeds): describe a cell, compare two cells.
 
 Final accuracies over a handful of seeds are often bimodal (most seeds stall, a few escape),
-so a mean ± std alone misleads. `describe` gives the whole cell (n, mean ± std, median,
-quartiles, the number above a threshold); `mann_whitney` compares two cells by ranks, with no
-normality assumption; `holm` adjusts a family of p-values. The rank test needs SciPy
-(`pip install "keras_dynloss[stats]"`), imported when a test runs.
+so a mean ± std alone misleads: `describe` gives the whole cell, `mann_whitney` compares two
+cells by ranks (SciPy's test, `pip install "keras_dynloss[stats]"`), `holm` adjusts a family
+of p-values.
 """
 
 import dataclasses
@@ -25,9 +24,9 @@ def _sample(name, values):
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """One cell of runs: n, mean, sample std (ddof 1; None for n = 1), median, quartiles q1
-    and q3 (NumPy's default linear interpolation, Hyndman & Fan type 7), iqr = q3 - q1, min,
-    max, and the runs strictly `above` `threshold` (`frac_above = above / n`)."""
+    """One cell of runs: n, mean, sample std (ddof 1; None for n = 1), median and quartiles
+    (NumPy's linear interpolation, type 7), iqr = q3 - q1, min, max, and the runs strictly
+    above `threshold` (`above`, `frac_above = above / n`)."""
 
     n: int
     mean: float
@@ -42,19 +41,11 @@ class Summary:
     above: int
     frac_above: float
 
-    def as_dict(self):
-        return dataclasses.asdict(self)
+    as_dict = dataclasses.asdict
 
 
 def describe(values, *, threshold=0.9):
-    """n, mean ± std, median, quartiles and the runs above `threshold` of one cell.
-
-    Args:
-        values: the runs' results, shape (n,), finite.
-        threshold: `above` counts the values `> threshold`.
-
-    Returns:
-        A `Summary`.
+    """The `Summary` of one cell: `values` shape (n,), finite; `above` counts `> threshold`.
 
     Example:
         >>> s = describe([0.45, 0.5, 0.99])
@@ -64,8 +55,8 @@ def describe(values, *, threshold=0.9):
     x = _sample("values", values)
     q1, median, q3 = np.quantile(x, [0.25, 0.5, 0.75])
     above = int(np.sum(x > threshold))
-    return Summary(n=int(x.size), mean=float(x.mean()),
-                   std=float(x.std(ddof=1)) if x.size > 1 else None,
+    std = float(x.std(ddof=1)) if x.size > 1 else None
+    return Summary(n=x.size, mean=float(x.mean()), std=std,
                    median=float(median), q1=float(q1), q3=float(q3), iqr=float(q3 - q1),
                    min=float(x.min()), max=float(x.max()), threshold=float(threshold),
                    above=above, frac_above=above / x.size)
@@ -73,17 +64,10 @@ def describe(values, *, threshold=0.9):
 
 @dataclasses.dataclass(frozen=True)
 class RankTest:
-    """A two-sided Mann–Whitney U test of `x` against `y`.
-
-    Attributes:
-        u: U of `x`, `#{(i, j): x_i > y_j} + ½ #{x_i = y_j}`, in [0, n_x n_y].
-        pvalue: two-sided p-value.
-        method: "exact" (no ties) or "asymptotic" (ties: normal approximation with the
-            tie-corrected variance and a continuity correction).
-        n_x, n_y: sample sizes.
-        effect: `U / (n_x n_y)`, the probability that a run of `x` beats one of `y`
-            (ties count ½); 0.5 is no shift.
-    """
+    """A two-sided Mann–Whitney U test of `x` against `y`: `u = #{x_i > y_j} + ½ #{x_i = y_j}`,
+    `pvalue`, `method` ("exact" without ties, else "asymptotic"), `n_x`, `n_y`, and
+    `effect = u / (n_x n_y)`, the probability that a run of `x` beats one of `y` (0.5: no
+    shift)."""
 
     u: float
     pvalue: float
@@ -92,18 +76,16 @@ class RankTest:
     n_y: int
     effect: float
 
-    def as_dict(self):
-        return dataclasses.asdict(self)
+    as_dict = dataclasses.asdict
 
 
 def mann_whitney(x, y):
-    """Two-sided Mann–Whitney U (Wilcoxon rank-sum) test of `x` against `y`.
+    """Two-sided Mann–Whitney U (Wilcoxon rank-sum) test of `x` against `y` (`scipy.stats`).
 
-    Null hypothesis: a run of `x` is as likely to beat a run of `y` as to lose to it. Without
-    ties the p-value is exact; with ties (accuracies on 300 points often coincide) it is the
-    normal approximation `z = (|U - n_x n_y / 2| - ½) / σ` with
-    `σ² = n_x n_y / 12 · (n + 1 - Σ_k (t_k³ - t_k) / (n (n - 1)))` (`t_k`: sizes of the
-    groups of tied values, `n = n_x + n_y`). When every value is the same, p = 1.
+    Without ties the p-value is exact; with ties (accuracies on 300 points often coincide) it
+    is the normal approximation with tie-corrected variance and continuity correction,
+    `z = (|U - n_x n_y / 2| - ½) / σ`, `σ² = n_x n_y / 12 · (n + 1 - Σ (t³ - t) / (n (n - 1)))`.
+    When every value is the same, p = 1.
 
     Args:
         x, y: the two samples, shapes (n_x,) and (n_y,), finite.
@@ -123,46 +105,33 @@ def mann_whitney(x, y):
                           '"keras_dynloss[stats]" (or pip install scipy).') from err
     distinct = np.unique(np.concatenate([x, y])).size
     method = "asymptotic" if distinct < x.size + y.size else "exact"
-    if distinct == 1:
-        u, p = x.size * y.size / 2.0, 1.0
-    else:
-        res = stats.mannwhitneyu(x, y, alternative="two-sided", method=method,
-                                 use_continuity=True)
-        u, p = float(res.statistic), float(res.pvalue)
-    return RankTest(u=u, pvalue=min(p, 1.0), method=method, n_x=int(x.size), n_y=int(y.size),
-                    effect=u / (x.size * y.size))
+    u, p = x.size * y.size / 2.0, 1.0
+    if distinct > 1:
+        u, p = stats.mannwhitneyu(x, y, alternative="two-sided", method=method)
+    return RankTest(u=float(u), pvalue=min(float(p), 1.0), method=method, n_x=x.size,
+                    n_y=y.size, effect=float(u) / (x.size * y.size))
 
 
 def holm(pvalues):
-    """Holm–Bonferroni adjusted p-values of a family of tests.
+    """Holm–Bonferroni adjusted p-values, in the input order.
 
-    With the p-values sorted, `p_(1) <= ... <= p_(m)`:
-    `p̃_(k) = max_{j <= k} min(1, (m - j + 1) p_(j))`, returned in the input order. Rejecting
+    With the m p-values sorted, `p̃_(k) = max_{j <= k} min(1, (m - j + 1) p_(j))`; rejecting
     where `p̃ < α` controls the family-wise error rate at α.
-
-    Args:
-        pvalues: shape (m,), in [0, 1].
-
-    Returns:
-        A list of m adjusted p-values.
 
     Example:
         >>> holm([0.01, 0.04, 0.03, 0.005])
         [0.03, 0.06, 0.06, 0.02]
     """
     p = np.asarray(pvalues, dtype=np.float64).reshape(-1)
-    if p.size and (not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1):
+    if p.size and not np.all((p >= 0) & (p <= 1)):
         raise invalid("pvalues", "numbers in [0, 1]", pvalues)
+    order = np.argsort(p, kind="stable")
     adjusted = np.empty(p.size)
-    running = 0.0
-    for rank, i in enumerate(np.argsort(p, kind="stable")):
-        running = max(running, min(1.0, (p.size - rank) * p[i]))
-        adjusted[i] = running
-    return [float(v) for v in adjusted]
+    scaled = np.minimum(1.0, (p.size - np.arange(p.size)) * p[order])
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted.tolist()
 
 
 def fmt_p(p):
     """A p-value for tables: 3 significant digits, "< 1e-4" below, "—" for None."""
-    if p is None:
-        return "—"
-    return "< 1e-4" if p < 1e-4 else f"{p:.3g}"
+    return "—" if p is None else "< 1e-4" if p < 1e-4 else f"{p:.3g}"

@@ -1,18 +1,16 @@
 """The skeleton of the grids (`width-sweep`, `overparam`): run, summarise, compare, write.
 
-A sweep is a list of jobs, each the keyword arguments of one run of a module-level function
-that returns a JSON-ready dict (a row). `run` trains the jobs, inline or in a pool of worker
-processes, and appends each finished row to `OUT/<name>.jsonl` at once, so that a crash or
-Ctrl-C loses at most the runs in progress. That file holds one line per session and per run:
+A sweep is a list of jobs, the keyword arguments of runs of a module-level function that
+returns a JSON-ready row. `run` trains them (inline or in worker processes) and appends each
+finished row to `OUT/<name>.jsonl` at once, so that a crash loses at most the runs in progress:
 
     {"settings": {...}, "provenance": {...}}   where a session (a start or a resume) begins
     {"run": {...}}                             each run, as it finishes
 
-`run(..., resume=True)` reads it back and trains only the jobs it lacks (more seeds,
-amplitudes or periods; or what a crash left), provided the settings are the same. Rows are
-grouped into cells by the sweep's `cell` fields (x axis, then series: e.g. width and A) and
-each metric of a cell is described (`stats.describe`) and tested against a baseline cell
-(`stats.mann_whitney`, Holm over each metric's family).
+With `resume=True` only the jobs the file lacks are trained, provided the settings are the
+same. `result` groups the rows into cells (x axis, then series), describes each metric of a
+cell (`stats.describe`) and tests it against a baseline cell (`stats.mann_whitney`, Holm over
+each metric's cells); `table` and `write` make the Markdown and the files.
 """
 
 import json
@@ -28,8 +26,8 @@ from keras_dynloss.experiments import stats
 from keras_dynloss.experiments.provenance import provenance
 from keras_dynloss.experiments.workers import run_jobs
 
-__all__ = ["run", "read_runs", "cells", "summarize", "compare", "rank_tests", "table", "write",
-           "save_figure", "write_json", "clean_json"]
+__all__ = ["run", "read_runs", "cells", "summarize", "compare", "rank_tests", "result",
+           "table", "write", "clean_json"]
 
 
 def clean_json(obj, digits=None):
@@ -47,49 +45,33 @@ def clean_json(obj, digits=None):
     return obj.item() if isinstance(obj, np.generic) else obj
 
 
-def write_json(result, path, *, digits=None, indent=1):
-    """Writes `clean_json(result)` to `path` (creating its folder); returns `path`."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(clean_json(result, digits), f, indent=indent)
-    return path
-
-
 def _key(row, fields):
     return tuple(row[k] for k in fields)
 
 
 def read_runs(path, settings=None):
-    """The rows of a sweep's JSON-lines file, each with the `git_commit` of its session.
-
-    Args:
-        path: the `.jsonl` file.
-        settings: if given, every session in the file must have these settings.
-
-    Returns:
-        A list of row dicts, in the order they finished. A line cut short by a crash is
-        skipped with a warning.
-    """
+    """The rows of a sweep's JSON-lines file in the order they finished, each with the
+    `git_commit` of its session; every session must have `settings` if given. A line cut
+    short by a crash is skipped with a warning."""
+    rows, commit = [], None
     with open(path) as f:
         lines = f.read().splitlines()
-    rows, commit = [], None
     for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            warnings.warn(f"{path}: line {number} is incomplete (a run cut short by a "
-                          "crash); skipped.", stacklevel=2)
+            warnings.warn(f"{path}: line {number} is incomplete (a run cut short by a crash); "
+                          "skipped.", stacklevel=2)
             continue
-        if "settings" in record:
-            if settings is not None and record["settings"] != clean_json(settings):
-                diff = {k: (record["settings"].get(k), v)
-                        for k, v in clean_json(settings).items()
-                        if record["settings"].get(k) != v}
-                raise invalid("settings", f"those of the runs in {path} to resume them "
-                              "(differences as (file, now))", diff)
-            commit = record["provenance"].get("git_commit")
-        else:
+        if "run" in record:
             rows.append(dict(record["run"], git_commit=commit))
+            continue
+        now, then = clean_json(settings), record["settings"]
+        if settings is not None and then != now:
+            diff = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
+            raise invalid("settings", f"those of the runs in {path} to resume them "
+                          "(differences as (file, now))", diff)
+        commit = record["provenance"].get("git_commit")
     return rows
 
 
@@ -98,23 +80,21 @@ def run(fn, jobs, *, name, settings, key, out=None, resume=False, processes=None
     """Runs `fn(**job)` for each job, appending each finished row to `out/<name>.jsonl`.
 
     Args:
-        fn: a module-level function (picklable) returning a JSON-ready dict that holds the
-            `key` fields.
+        fn: a module-level function (picklable) returning a JSON-ready dict with the `key`
+            fields.
         jobs: keyword dicts, one per run.
-        name: the sweep's name (file name and progress label).
+        name: the sweep's name (of the file).
         settings: JSON-ready dict of everything but the grid; a resume needs the same.
-        key: names of the fields that identify a run (e.g. `("width", "amplitude", "seed")`).
+        key: the fields that identify a run (e.g. `("width", "amplitude", "seed")`).
         out: folder of the JSON-lines file (None: no file).
-        resume: reuse the runs already in the file (with the same settings).
-        processes: worker processes (see `run_jobs`).
-        progress: a progress bar with an ETA.
+        resume: reuse the runs already in the file.
+        processes, progress: as for `workers.run_jobs`.
 
     Returns:
-        `{rows, reused_runs, provenance, seconds}`: one row per job, in job order, each with
-        the `git_commit` of the session that ran it.
+        `{rows, reused_runs, provenance, seconds}`: a row per job, in job order, each with the
+        `git_commit` of the session that ran it.
     """
-    start = time.perf_counter()
-    info = provenance()
+    start, info = time.perf_counter(), provenance()
     path = None if out is None else os.path.join(out, f"{name}.jsonl")
     done = {}
     if resume and path is not None and os.path.exists(path):
@@ -128,13 +108,11 @@ def run(fn, jobs, *, name, settings, key, out=None, resume=False, processes=None
             with open(path) as f:
                 cut = not f.read().endswith("\n")  # a line cut short: end it first
         log = open(path, "a" if done else "w")
-        header = dict(settings=settings, provenance=info)
-        log.write(("\n" if cut else "") + json.dumps(clean_json(header)) + "\n")
-        log.flush()
-    new = {}
+        header = json.dumps(clean_json(dict(settings=settings, provenance=info)))
+        log.write("\n" * cut + header + "\n")
 
     def finished(row):
-        new[_key(row, key)] = dict(row, git_commit=info["git_commit"])
+        done[_key(row, key)] = dict(row, git_commit=info["git_commit"])
         if log is not None:
             log.write(json.dumps(clean_json(dict(run=row))) + "\n")
             log.flush()
@@ -144,9 +122,8 @@ def run(fn, jobs, *, name, settings, key, out=None, resume=False, processes=None
     finally:
         if log is not None:
             log.close()
-    rows = [new.get(_key(job, key)) or done[_key(job, key)] for job in jobs]
-    return dict(rows=rows, reused_runs=len(jobs) - len(todo), provenance=info,
-                seconds=time.perf_counter() - start)
+    return dict(rows=[done[_key(job, key)] for job in jobs], reused_runs=len(jobs) - len(todo),
+                provenance=info, seconds=time.perf_counter() - start)
 
 
 def cells(rows, cell, metric):
@@ -160,25 +137,21 @@ def cells(rows, cell, metric):
 
 
 def summarize(rows, cell, metrics, *, threshold=0.9):
-    """Per cell (those of the first metric): its `cell` fields, `n`, and for each metric a
+    """Per cell (those of the first metric): its `cell` fields, `n`, and each metric's
     `stats.describe` dict (None where no run of the cell has the metric)."""
     groups = {metric: cells(rows, cell, metric) for metric in metrics}
     out = []
     for values, runs in groups[metrics[0]].items():
-        entry = dict(zip(cell, values), n=len(runs))
+        out.append(dict(zip(cell, values), n=len(runs)))
         for metric in metrics:
             got = groups[metric].get(values)
-            entry[metric] = stats.describe(got, threshold=threshold).as_dict() if got else None
-        out.append(entry)
+            out[-1][metric] = stats.describe(got, threshold=threshold).as_dict() if got else None
     return out
 
 
 def rank_tests(pairs):
-    """`stats.mann_whitney(x, y)` for each `(fields, x, y)`, Holm-adjusted over the family.
-
-    Returns a list of `{**fields, u, pvalue, method, n_x, n_y, effect, pvalue_holm,
-    significant}` (significant: Holm-adjusted p < 0.05).
-    """
+    """`stats.mann_whitney(x, y)` of each `(fields, x, y)` as a dict with the fields, plus
+    `pvalue_holm` (Holm over the pairs) and `significant` (`pvalue_holm < 0.05`)."""
     out = [dict(fields, **stats.mann_whitney(x, y).as_dict()) for fields, x, y in pairs]
     for test, adjusted in zip(out, stats.holm([t["pvalue"] for t in out])):
         test.update(pvalue_holm=adjusted, significant=adjusted < 0.05)
@@ -186,22 +159,22 @@ def rank_tests(pairs):
 
 
 def compare(rows, cell, metric, baseline):
-    """Each cell's `metric` against its baseline cell's, Holm over the cells.
-
-    Args:
-        rows, cell: as for `summarize`.
-        metric: the field compared.
-        baseline: cell values -> the values of the cell it is compared with (None: none).
-
-    Returns:
-        `rank_tests`'s list, each with `metric` and the cell's fields; `effect` is the
-        probability that a run of the cell beats a run of its baseline.
-    """
+    """`rank_tests` of each cell's `metric` against its baseline cell's, with `metric` and the
+    cell's fields; `baseline` maps cell values to the baseline's (None: no test)."""
     groups = cells(rows, cell, metric)
-    pairs = [(dict(zip(cell, values), metric=metric), runs, groups[baseline(values)])
-             for values, runs in groups.items()
-             if baseline(values) not in (None, values) and baseline(values) in groups]
-    return rank_tests(pairs)
+    return rank_tests([(dict(zip(cell, values), metric=metric), runs, groups[baseline(values)])
+                       for values, runs in groups.items()
+                       if baseline(values) not in (None, values) and baseline(values) in groups])
+
+
+def result(name, runs, *, config, cell, metrics, baseline, tested=None):
+    """A sweep's JSON-ready result: `experiment`, `config`, `cell`, `metrics` (field: label),
+    `summary` (`summarize`), `comparison` (`compare` of each `tested` metric, default all),
+    and `run`'s `rows`, `reused_runs`, `provenance`, `seconds`."""
+    rows = runs["rows"]
+    comparison = [c for m in tested or metrics for c in compare(rows, cell, m, baseline)]
+    return dict(experiment=name, config=config, cell=list(cell), metrics=dict(metrics),
+                summary=summarize(rows, cell, list(metrics)), comparison=comparison, **runs)
 
 
 def markdown(header, lines):
@@ -210,7 +183,7 @@ def markdown(header, lines):
     return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
 
 
-def describe_cells(d):
+def described(d):
     """`mean ± std`, `median [q1, q3]`, `above/n` of a `describe` dict ("—" for None)."""
     if d is None:
         return ["—"] * 3
@@ -219,49 +192,46 @@ def describe_cells(d):
             f"{d['above']}/{d['n']}"]
 
 
-def table(result, columns, label):
-    """Markdown: a line per cell (its label, n and each metric described), then the tests.
+def tested(c):
+    """`effect`, `U`, `p`, `p (Holm)` and `significant at 5 %` of a `rank_tests` dict."""
+    return [f"{c['effect']:.2f}", f"{c['u']:g}", stats.fmt_p(c["pvalue"]),
+            stats.fmt_p(c["pvalue_holm"]), "yes" if c["significant"] else "no"]
 
-    Args:
-        result: a sweep result (`metrics`, `summary`, `comparison`).
-        columns: names of the label's columns.
-        label: a summary or comparison dict -> its cell's label, a list of `columns` strings.
-    """
+
+TESTS_HEADER = ["effect", "U", "p", "p (Holm)", "significant at 5 %"]
+
+
+def table(result, columns, label):
+    """Markdown: a line per cell (`label(summary)`, a list of `columns` strings, n and each
+    metric described), then the tests against the baselines."""
     metrics = result["metrics"]
     header = [*columns, "n"] + [f"{metrics[m]}: {what}" for m in metrics
                                 for what in ("mean ± std", "median [Q1, Q3]", "> 0.9")]
-    lines = [[*label(s), s["n"], *sum((describe_cells(s[m]) for m in metrics), [])]
-             for s in result["summary"]]
-    text = markdown(header, lines)
+    text = markdown(header, [[*label(s), s["n"], *sum((described(s[m]) for m in metrics), [])]
+                             for s in result["summary"]])
     if result.get("comparison"):
-        tests = [[metrics[c["metric"]], *label(c), f"{c['effect']:.2f}", f"{c['u']:g}",
-                  stats.fmt_p(c["pvalue"]), stats.fmt_p(c["pvalue_holm"]),
-                  "yes" if c["significant"] else "no"] for c in result["comparison"]]
+        lines = [[metrics[c["metric"]], *label(c), *tested(c)] for c in result["comparison"]]
         text += ("\n\nEach cell against its baseline (two-sided Mann–Whitney U, Holm over the "
                  "cells of a metric; effect = P(a run of the cell beats a baseline run)):\n\n"
-                 + markdown(["metric", *columns, "effect", "U", "p", "p (Holm)",
-                             "significant at 5 %"], tests))
+                 + markdown(["metric", *columns, *TESTS_HEADER], lines))
     return text
 
 
-def save_figure(make, path, *, dpi=100):
-    """Saves the figure `make()` returns to `path`; where matplotlib is missing, warns and
-    returns None instead of the path."""
+def write(result, out, name, *, text=None, figure=None, digits=None, indent=1, dpi=100):
+    """Writes `out/<name>.json`, `.md` (`text`, if given) and `.png` (the figure `figure()`
+    returns; where matplotlib is missing, a warning instead); returns the paths written."""
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, f"{name}.json")]
+    with open(paths[0], "w") as f:
+        json.dump(clean_json(result, digits), f, indent=indent)
+    if text is not None:
+        paths.append(os.path.join(out, f"{name}.md"))
+        with open(paths[-1], "w") as f:
+            f.write(text + "\n")
     try:
-        fig = make()
+        fig = figure()
     except ImportError as err:
-        warnings.warn(f"No {os.path.basename(path)}: {err}", stacklevel=3)
-        return None
-    fig.savefig(path, dpi=dpi)
-    return path
-
-
-def write(result, out, name, *, text, figure):
-    """Writes `out/<name>.json`, `.md` (`text`) and `.png` (`figure()`, see `save_figure`);
-    returns the paths written."""
-    paths = [write_json(result, os.path.join(out, f"{name}.json")),
-             os.path.join(out, f"{name}.md")]
-    with open(paths[-1], "w") as f:
-        f.write(text + "\n")
-    png = save_figure(figure, os.path.join(out, f"{name}.png"))
-    return paths if png is None else paths + [png]
+        warnings.warn(f"No {name}.png: {err}", stacklevel=2)
+        return paths
+    fig.savefig(os.path.join(out, f"{name}.png"), dpi=dpi)
+    return paths + [os.path.join(out, f"{name}.png")]

@@ -1,12 +1,10 @@
 """Final accuracy on the spiral against network width, amplitude A and seed.
 
-Each run is full-batch GD on the 300 spiral points (`_spiral.train_spiral`: η = 1,
-T = 5000, the last period static) with one of the objectives of `_losses`. The final
-accuracy is measured on the training points and on a held-out spiral of the same
-construction with another noise seed (`validation_seed`). Outcomes over seeds are often
-bimodal (most seeds stall near 0.5, a few reach 0.99), so each (width, A) cell is described
-by its distribution (`stats.describe`) and each A ≠ 1 is compared with A = 1 at the same
-width by a Mann–Whitney U test, Holm-adjusted over the widths (`sweep.compare`).
+Each run is full-batch GD on the 300 spiral points (`_spiral.train_spiral`: η = 1, T = 5000,
+the last period static) with one of the objectives of `_losses`; its final accuracy is
+measured on the training points and on a held-out spiral with another noise seed. Outcomes
+over seeds are often bimodal, so each (width, A) cell is described by its distribution and
+each A ≠ 1 is compared with A = 1 at the same width (Mann–Whitney U, Holm over the widths).
 """
 
 import json
@@ -31,7 +29,6 @@ REFERENCE_SETTINGS = dict(loss="ce", steps=70000, period=5000, learning_rate=1.0
                           dtype="float64")
 CELL = ("width", "amplitude")
 METRICS = {"final_acc": "training accuracy", "val_acc": "validation accuracy"}
-KEY = ("width", "amplitude", "seed")
 
 
 def _one(**job):
@@ -52,26 +49,20 @@ def run(*, widths=DEFAULTS["widths"], amplitudes=DEFAULTS["amplitudes"],
 
     Args:
         widths, amplitudes, seeds: the grid.
-        steps, period, dtype, learning_rate: as for `_spiral.train_spiral`.
-        loss: "ce", "mse", "dmse" or "dmse-componentwise".
-        validation_seed: noise seed of the held-out spiral (the training spiral's is 0);
+        steps, period, dtype, learning_rate, loss: as for `_spiral.build_runner`.
+        validation_seed: noise seed of the held-out spiral (not the training spiral's 0);
             None: no validation.
-        reference: reference rows (`load_reference`) to compare the training accuracy with
-            (`compare_reference`), where the settings are `REFERENCE_SETTINGS`; otherwise a
-            warning and a `reference_note` say why not.
-        out, resume, processes, progress: as for `sweep.run` (runs go to
-            `out/width-sweep.jsonl` as they finish).
+        reference: reference rows (`load_reference`) to compare the training accuracy with,
+            if the settings are `REFERENCE_SETTINGS` (else a warning and `reference_note`).
+        out, resume, processes, progress: as for `sweep.run` (`out/width-sweep.jsonl`).
 
     Returns:
-        A dict: `experiment`, `config`, `cell`, `metrics`, `rows` (`{width, amplitude, seed,
-        final_acc, val_acc, final_loss, diverged, seconds, git_commit}`), `summary`
-        (`sweep.summarize`), `comparison` (`sweep.compare`, A ≠ 1 against A = 1),
-        `provenance`, `reused_runs`, `seconds`; with a reference, `reference_comparison` or
-        `reference_note`.
+        `sweep.result`'s dict (rows `{width, amplitude, seed, final_acc, val_acc, final_loss,
+        diverged, seconds, git_commit}`, A ≠ 1 tested against A = 1) and, with a reference,
+        `reference_comparison` (`compare_reference`) or `reference_note`.
 
     Example:
-        >>> result = run(widths=(8,), amplitudes=(1.0, 70.0), seeds=(0, 1), steps=400,
-        ...              period=100)
+        >>> result = run(widths=(8,), seeds=(0, 1), steps=400, period=100)
     """
     for a in amplitudes:  # fail before starting workers
         spiral_loss(loss, 3, amplitude=a, period=period)
@@ -86,27 +77,21 @@ def run(*, widths=DEFAULTS["widths"], amplitudes=DEFAULTS["amplitudes"],
                   loss=loss, validation_seed=validation_seed)
     jobs = [dict(common, width=int(w), amplitude=float(a), seed=int(s))
             for w in widths for a in amplitudes for s in seeds]
-    diff = {k: settings.get(k) for k, v in REFERENCE_SETTINGS.items() if settings.get(k) != v}
+    diff = {k: settings[k] for k, v in REFERENCE_SETTINGS.items() if settings[k] != v}
     note = (f"the reference runs used {REFERENCE_SETTINGS}; this run differs in {diff}"
             if reference and diff else None)
     if note:
         warnings.warn(f"Not comparing with the reference: {note}.", stacklevel=2)
-    runs = sweep.run(_one, jobs, name="width-sweep", settings=settings, key=KEY, out=out,
-                     resume=resume, processes=processes, progress=progress)
-    rows = runs["rows"]
-    metrics = [m for m in METRICS if validation_seed is not None or m != "val_acc"]
-    comparison = []
-    for metric in metrics:
-        comparison += sweep.compare(rows, CELL, metric, lambda cell: (cell[0], 1.0))
-    result = dict(experiment="width-sweep",
-                  config=dict(settings, widths=list(widths), amplitudes=list(amplitudes),
-                              seeds=list(seeds)),
-                  cell=list(CELL), metrics={m: METRICS[m] for m in metrics},
-                  summary=sweep.summarize(rows, CELL, metrics), comparison=comparison, **runs)
+    runs = sweep.run(_one, jobs, name="width-sweep", settings=settings, key=(*CELL, "seed"),
+                     out=out, resume=resume, processes=processes, progress=progress)
+    metrics = {m: METRICS[m] for m in METRICS if validation_seed is not None or m != "val_acc"}
+    result = sweep.result("width-sweep", runs, config=dict(
+        settings, widths=list(widths), amplitudes=list(amplitudes), seeds=list(seeds)),
+        cell=CELL, metrics=metrics, baseline=lambda cell: (cell[0], 1.0))
     if note:
         result.update(reference_comparison=[], reference_note=note)
     elif reference:
-        result["reference_comparison"] = compare_reference(rows, reference)
+        result["reference_comparison"] = compare_reference(runs["rows"], reference)
     return result
 
 
@@ -119,11 +104,9 @@ def load_reference(path):
 
 
 def compare_reference(rows, reference):
-    """Training accuracy of each (width, A) cell in both: our seeds against the reference's.
-
-    Returns `sweep.rank_tests`'s list with `width`, `amplitude` and the two cells described
-    (`ours`, `ref`); `effect` is P(our run beats a reference run).
-    """
+    """`sweep.rank_tests` of the training accuracy of each (width, A) cell in both, ours
+    against the reference's, with `width`, `amplitude` and the cells described (`ours`,
+    `ref`); `effect` is P(our run beats a reference run)."""
     ours, ref = (sweep.cells(r, CELL, "final_acc") for r in (rows, reference))
     return sweep.rank_tests([
         (dict(width=w, amplitude=a, ours=stats.describe(ours[(w, a)]).as_dict(),
@@ -131,28 +114,25 @@ def compare_reference(rows, reference):
         for (w, a), v in ref.items() if (w, a) in ours])
 
 
-def _label(result):
-    return lambda d: [str(d["width"]), cell_label(result["config"]["loss"], d["amplitude"])]
-
-
 def table(result):
     """Markdown: the cells, the tests against A = 1, and the comparison with the reference."""
-    text = sweep.table(result, ["width", "objective"], _label(result))
+    def label(d):
+        return [str(d["width"]), cell_label(result["config"]["loss"], d["amplitude"])]
+
+    text = sweep.table(result, ["width", "objective"], label)
     diverged = [r for r in result["rows"] if r.get("diverged")]
     if diverged:
         text += (f"\n\n{len(diverged)} run(s) ended with a non-finite loss (counted with their "
                  "final accuracy): " + ", ".join(f"width {r['width']} A={r['amplitude']:g} "
                                                  f"seed {r['seed']}" for r in diverged))
     if result.get("reference_comparison"):
-        lines = [[*_label(result)(c), *sweep.describe_cells(c["ours"])[1:],
-                  *sweep.describe_cells(c["ref"])[1:], f"{c['effect']:.2f}",
-                  stats.fmt_p(c["pvalue"]), stats.fmt_p(c["pvalue_holm"]),
-                  "yes" if c["significant"] else "no"] for c in result["reference_comparison"]]
+        lines = [[*label(c), *sweep.described(c["ours"])[1:], *sweep.described(c["ref"])[1:],
+                  *sweep.tested(c)] for c in result["reference_comparison"]]
         text += ("\n\nTraining accuracy against the reference runs (two-sided Mann–Whitney U, "
                  "Holm over the cells; effect = P(our run beats a reference run)):\n\n"
                  + sweep.markdown(["width", "objective", "ours median [Q1, Q3]", "ours > 0.9",
-                                   "reference median [Q1, Q3]", "reference > 0.9", "effect",
-                                   "p", "p (Holm)", "differ at 5 %"], lines))
+                                   "reference median [Q1, Q3]", "reference > 0.9",
+                                   *sweep.TESTS_HEADER], lines))
     return text
 
 
@@ -168,7 +148,7 @@ def figure(result, reference=None):
 
 
 def write(result, out, reference=None):
-    """Writes `width-sweep.json`, `.md` and `.png` into `out` (the reference seeds drawn when
+    """Writes `width-sweep.json`, `.md` and `.png` into `out` (with the reference seeds when
     compared); returns the paths."""
     shown = reference if result.get("reference_comparison") else None
     return sweep.write(result, out, "width-sweep", text=table(result),

@@ -1,9 +1,8 @@
 """Worker processes for the sweeps: one GPU each with memory growth, a share of the CPU.
 
-`run_jobs` runs independent jobs inline or in a pool of spawned processes. On TensorFlow,
-worker i sees only GPU i mod n of the machine's n GPUs, which allocates memory as it needs it
-(so that several workers share a card and none reserves a whole one); each worker uses
-`os.cpu_count() // processes` CPU threads. On a machine without GPUs nothing else changes.
+`run_jobs` runs independent jobs inline or in a pool of spawned processes; on TensorFlow
+worker i sees only GPU i mod n of the n GPUs, with memory growth (several workers share a
+card), and each worker uses `os.cpu_count() // processes` CPU threads.
 """
 
 import os
@@ -14,11 +13,8 @@ __all__ = ["run_jobs", "configure_worker_devices", "set_cpu_threads"]
 
 
 def configure_worker_devices(index):
-    """Gives worker `index` GPU `index mod n` of the `n` GPUs, with memory growth (TensorFlow).
-
-    Must run before TensorFlow's first op in the process; on a machine without GPUs it
-    changes nothing. Returns the GPU's name, or None.
-    """
+    """Gives this process GPU `index mod n` of the n GPUs, with memory growth (TensorFlow,
+    before its first op); returns the GPU's name, or None without GPUs."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -31,23 +27,16 @@ def configure_worker_devices(index):
 
 
 def set_cpu_threads(threads):
-    """Sets this process's CPU threads (TensorFlow's intra- and inter-op pools, or PyTorch's).
-
-    Must run before the backend's first op. Returns True if set, False for `threads=0`
-    (the backend's default), for JAX, or when TensorFlow has already started.
-    """
+    """Sets this process's CPU threads (TensorFlow's intra- and inter-op pools, or PyTorch's)
+    before the backend's first op. Returns whether it did: not for `threads=0` (the backend's
+    default), for JAX, or once TensorFlow has started."""
     import keras
 
-    if not check_int("threads", threads, minimum=0):
+    if not check_int("threads", threads, minimum=0) or keras.backend.backend() == "jax":
         return False
-    backend = keras.backend.backend()
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    if keras.backend.backend() == "torch":
+        __import__("torch").set_num_threads(threads)
         return True
-    if backend != "tensorflow":
-        return False
     import tensorflow as tf
 
     try:
@@ -63,8 +52,7 @@ def _init_worker(threads, counter):
     import keras
 
     with counter.get_lock():
-        index = counter.value
-        counter.value += 1
+        index, counter.value = counter.value, counter.value + 1
     if keras.backend.backend() == "tensorflow":
         configure_worker_devices(index)
     set_cpu_threads(threads)
@@ -73,15 +61,12 @@ def _init_worker(threads, counter):
 def run_jobs(fn, jobs, *, processes=None, progress=True, on_result=None):
     """`[fn(**job) for job in jobs]`, inline or in spawned worker processes.
 
-    With `processes > 1` each worker gets `os.cpu_count() // processes` CPU threads and, on
-    TensorFlow with GPUs, one GPU with memory growth (`configure_worker_devices`).
-
     Args:
         fn: a module-level function (picklable).
         jobs: keyword dicts.
         processes: worker processes (default `os.cpu_count()`; 1 runs inline).
         progress: a `keras.utils.Progbar` over the runs, with an ETA.
-        on_result: called with each result as it arrives (in the main process).
+        on_result: called with each result as it arrives (in this process).
 
     Returns:
         The results, in job order.
