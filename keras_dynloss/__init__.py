@@ -19,35 +19,24 @@ if "TF_CPP_MIN_LOG_LEVEL" not in os.environ and (
 from keras_dynloss import datasets  # noqa: E402
 from keras_dynloss.callbacks import DynamicalLossScheduler  # noqa: E402
 from keras_dynloss.loss_functions import (  # noqa: E402
-    dynamical_componentwise_mean_squared_error,
-    dynamical_crossentropy,
-    dynamical_mean_squared_error,
-)
+    dynamical_componentwise_mean_squared_error, dynamical_crossentropy,
+    dynamical_mean_squared_error)
 from keras_dynloss.losses import (  # noqa: E402
-    Dynamical,
-    DynamicalComponentwiseMeanSquaredError,
-    DynamicalLoss,
-    DynamicalMeanSquaredError,
-    dynamical,
-)
+    Dynamical, DynamicalComponentwiseMeanSquaredError, DynamicalLoss, DynamicalMeanSquaredError,
+    dynamical)
 from keras_dynloss.schedules import ClassWeightSchedule  # noqa: E402
 
 __version__ = "0.2.0"
-
-_LAZY = {"curvature": "keras_dynloss.curvature", "plot": "keras_dynloss.plot",
-         "distribute": "keras_dynloss.distribute"}
 
 
 def __getattr__(name):
     """`kd.curvature`, `kd.plot`, `kd.distribute` and the curvature names (`kd.CurvatureProbe`,
     `kd.hessian_eigenvalues`, ...) are imported on first use."""
-    if name in _LAZY:
-        value = importlib.import_module(_LAZY[name])
-    elif not name.startswith("__"):
-        curvature = importlib.import_module("keras_dynloss.curvature")
-        if name not in curvature.__all__:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(curvature, name)
+    if name in ("curvature", "plot", "distribute"):
+        value = importlib.import_module(f"keras_dynloss.{name}")
+    elif not name.startswith("__") and name in importlib.import_module(
+            "keras_dynloss.curvature").__all__:
+        value = getattr(importlib.import_module("keras_dynloss.curvature"), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -1,21 +1,11 @@
 """The training state a dynamical loss keeps on its model, and where it reads the step.
 
-`DynamicalLossState` is a `keras.metrics.Metric` attached to the model (so its variables are
-in `model.metrics_variables`, which every backend's trainer maps while the loss runs):
-
-* `step`: under JAX, a mirror of `optimizer.iterations` (see `install`);
-* `invalid_labels`: labels found invalid where no assertion can run.
-
-It is never reset by Keras's per-epoch `reset_metrics` and logs nothing.
-
-Step sources (`source.read()` inside the compiled step):
-
-* `OptimizerStep` (TensorFlow, PyTorch): `optimizer.iterations` itself.
-* `MirrorStep` (JAX): Keras's JAX trainer maps trainable, non-trainable and metrics
-  variables while it computes the loss, not the optimizer's, so the loss reads the `step`
-  mirror; `install` wraps the model's `train_step` so that every compiled step first sets
-  the mirror from `optimizer.iterations` read from that step's own optimizer state (exact
-  under `steps_per_execution`, gradient accumulation and loss scaling).
+`DynamicalLossState` is a metric on the model (never reset per epoch, logging nothing), so
+every backend's trainer maps its variables while the loss runs: `invalid_labels`, counted
+where no assertion can run, and `step`, under JAX a mirror of `optimizer.iterations` (Keras's
+JAX trainer does not map the optimizer's variables while it computes the loss). `attach`
+wraps `train_step` so that each compiled step first sets the mirror from the step's own
+optimizer state (exact under `steps_per_execution`, gradient accumulation, loss scaling).
 """
 
 import keras
@@ -27,49 +17,27 @@ __all__ = []
 
 
 class OptimizerStep:
-    """`optimizer.iterations`, read at each call. A plain object, so that `model.save` does
-    not walk into the optimizer a second time through the loss."""
+    """`optimizer.iterations` (under JAX its `mirror`), read inside the compiled step; plain,
+    so that `model.save` does not walk into the optimizer a second time through the loss."""
 
-    __slots__ = ("optimizer",)
+    __slots__ = ("optimizer", "mirror")
 
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-
-    def read(self):
-        return ops.convert_to_tensor(self.optimizer.iterations)
-
-
-class VariableStep:
-    """An integer variable of the user's (e.g. a custom loop's own step), read at each call."""
-
-    __slots__ = ("variable",)
-
-    def __init__(self, variable):
-        self.variable = variable
+    def __init__(self, optimizer, mirror=None):
+        self.optimizer, self.mirror = optimizer, mirror
 
     def read(self):
-        return ops.convert_to_tensor(self.variable)
-
-
-class MirrorStep:
-    """The JAX step mirror of a `DynamicalLossState` (kept in sync by `install`)."""
-
-    __slots__ = ("optimizer", "state")
-
-    def __init__(self, optimizer, state):
-        self.optimizer, self.state = optimizer, state
-
-    def read(self):
-        return ops.convert_to_tensor(self.state.step)
+        return ops.convert_to_tensor(self.optimizer.iterations if self.mirror is None
+                                     else self.mirror)
 
     def sync(self):
         """Sets the mirror from the optimizer now (outside compiled steps). A copy: a shared
         buffer would be deleted with the first compiled step that donates its state."""
-        self.state.step.assign(ops.copy(ops.cast(self.optimizer.iterations, self.state.step.dtype)))
+        if self.mirror is not None:
+            self.mirror.assign(ops.copy(ops.cast(self.optimizer.iterations, self.mirror.dtype)))
 
 
 class DynamicalLossState(keras.metrics.Metric):
-    """Variables of one dynamical loss on its model (see the module docstring)."""
+    """`step` and `invalid_labels` of one dynamical loss on its model."""
 
     def __init__(self, name="dynamical_loss_state"):
         super().__init__(name=name)
@@ -78,47 +46,44 @@ class DynamicalLossState(keras.metrics.Metric):
         self.invalid_labels = self.add_variable(shape=(), dtype="int32", initializer="zeros",
                                                 aggregation="sum", name="invalid_labels")
 
-    def update_state(self, *args, **kwargs):
-        """Unused: the loss counts invalid labels itself."""
+    def update_state(self, *args, **kwargs):  # the loss counts invalid labels itself
+        pass
 
-    def reset_state(self):
-        """Kept across epochs: the scheduler resets the count."""
+    def reset_state(self):  # kept across epochs: the scheduler resets the count
+        pass
 
     def result(self):
         return {}
 
 
 def states(model):
-    """The `DynamicalLossState`s attached to `model` (see `attach`)."""
+    """The `DynamicalLossState`s attached to `model`."""
     return list(getattr(model, "_keras_dynloss_states", []))
 
 
-def attach(model, state):
-    """Attaches `state` to `model`: it is then in `model.metrics` / `metrics_variables`."""
+def attach(model):
+    """`(state, step source)` of a loss bound to `model`, with a new state on the model."""
+    state = DynamicalLossState()
     _compat.track(model, "_keras_dynloss_states", states(model) + [state])
-    if keras.backend.backend() == "jax":
-        install(model)
+    if keras.backend.backend() != "jax":
+        return state, OptimizerStep(model.optimizer)
+    if getattr(model, "_keras_dynloss_original_train_step", None) is None:
+        original = model.train_step  # wrapped once: each step sets every mirror
 
+        def train_step(train_state, data):
+            return original(mirrored(model, train_state), data)
 
-def install(model):
-    """JAX: wraps `model.train_step` once so that each compiled step sets the step mirrors
-    from `optimizer.iterations` read from the step's own optimizer state."""
-    if getattr(model, "_keras_dynloss_original_train_step", None) is not None:
-        return
-    original = model.train_step
-
-    def train_step(state, data):
-        return original(mirrored(model, state), data)
-
-    model._keras_dynloss_original_train_step = original
-    model.train_step = train_step
-    if getattr(model, "train_function", None) is not None:
-        model.make_train_function(force=True)
+        model._keras_dynloss_original_train_step = original
+        model.train_step = train_step
+        if getattr(model, "train_function", None) is not None:
+            model.make_train_function(force=True)
+    source = OptimizerStep(model.optimizer, state.step)
+    source.sync()
+    return state, source
 
 
 def mirrored(model, state):
-    """A JAX train state `(trainable, non_trainable, optimizer, metrics)` whose step mirrors
-    hold `optimizer.iterations` of that state."""
+    """The JAX train state `state` with its step mirrors set from its optimizer's step."""
     trainable, non_trainable, optimizer_values, metrics_values = state
     mapping = list(zip(model.optimizer.variables, optimizer_values))
     with keras.StatelessScope(state_mapping=mapping):

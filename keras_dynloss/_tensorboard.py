@@ -1,10 +1,8 @@
 """TensorBoard scalars keyed by the optimizer step, for the scheduler and the probe.
 
-Keras's `TensorBoard` callback keys its batch-level scalars by its own batch count and
-writes only what is in `logs` when its hook runs. Γ(t) and probe values are written here
-instead, keyed by `optimizer.iterations`, into the `train` folder of every `TensorBoard`
-callback of the same `fit` call (and of an explicit `log_dir`), whatever the callbacks'
-order. Needs the `tensorboard` package (`pip install "keras_dynloss[tensorboard]"`).
+Keras's `TensorBoard` callback keys batch scalars by its own count and writes only `logs`.
+Γ(t) and probe values go here, keyed by `optimizer.iterations`, into the `train` folder of
+every `TensorBoard` callback of the same `fit` call (and of a `log_dir`), in either order.
 """
 
 import os
@@ -17,21 +15,15 @@ __all__ = []
 
 
 def log_dirs(callback, log_dir=None):
-    """The `train` folders to write into: of `log_dir`, and of every
-    `keras.callbacks.TensorBoard` running beside `callback`."""
-    dirs = [] if log_dir is None else [os.path.join(os.fspath(log_dir), "train")]
-    for other in _compat.sibling_callbacks(callback):
-        if isinstance(other, keras.callbacks.TensorBoard):
-            dirs.append(os.path.join(other.log_dir, "train"))
-    return list(dict.fromkeys(dirs))
+    """The `train` folders of `log_dir` and of every `TensorBoard` running beside `callback`."""
+    dirs = [] if log_dir is None else [os.fspath(log_dir)]
+    dirs += [other.log_dir for other in _compat.sibling_callbacks(callback)
+             if isinstance(other, keras.callbacks.TensorBoard)]
+    return list(dict.fromkeys(os.path.join(d, "train") for d in dirs))
 
 
 class ScalarWriter:
-    """Writes `{tag: value}` rows at given steps into TensorBoard event files.
-
-    Args:
-        dirs: folders to write into (one event file each).
-    """
+    """Writes `{tag: value}` rows at given steps into one event file in each of `dirs`."""
 
     def __init__(self, dirs):
         self._writers = []

@@ -7,7 +7,7 @@ import numpy as np
 
 from keras_dynloss import _compat, _tensorboard
 from keras_dynloss._checks import check_bool, check_int, invalid
-from keras_dynloss.losses import _dynamical_losses, _DynamicalBase
+from keras_dynloss.losses import _DynamicalBase
 
 __all__ = ["DynamicalLossScheduler"]
 
@@ -16,38 +16,26 @@ __all__ = ["DynamicalLossScheduler"]
 class DynamicalLossScheduler(keras.callbacks.Callback):
     """Drives the model's dynamical losses from the optimizer step, and logs Γ.
 
-    At the start of `fit` / `evaluate` it binds every dynamical loss of the model (or the
-    one given) to the model's optimizer (`loss.bind(model)`): Γ(t) is then computed inside
-    the compiled step from `optimizer.iterations`, exact with `steps_per_execution`,
-    `jit_compile`, gradient accumulation, distribution strategies, `BackupAndRestore` and
-    `model.save`, with no per-batch Python. `evaluate` uses Γ at the current step and never
-    advances it.
+    At the start of `fit` / `evaluate` it binds the model's dynamical losses (or the one
+    given) to its optimizer (`loss.bind(model)`): Γ(t) is then computed inside the compiled
+    step from `optimizer.iterations`, with no per-batch Python. `evaluate` uses Γ at the
+    current step.
 
-    Logged at each epoch's end into `logs` (so into `History`, the progress bar, and the
-    `CSVLogger` / `TensorBoard` listed after this callback; prefixed by the loss name when a
-    model has several dynamical losses), computed from the schedule over the epoch's steps:
+    At each epoch's end it writes into `logs` (so into `History`, the progress bar, and the
+    `CSVLogger` / `TensorBoard` listed *after* it), prefixed by the loss name when the model
+    has several dynamical losses: `gamma_<i>_max` and `gamma_<i>_mean` over the epoch's steps
+    (a value at one step would alias the schedule), and `emphasized_class` at its last step
+    (an int, -1 when Γ ≡ 1). Γ_i(t) goes to TensorBoard as `gamma_<i>`, keyed by the
+    optimizer step, into every `keras.callbacks.TensorBoard` of the same call and `log_dir`.
 
-    * `gamma_<i>_max`, `gamma_<i>_mean`: the largest and the mean Γ_i over the epoch (a value
-      at one step would alias the schedule);
-    * `emphasized_class`: the class the period of the epoch's last step emphasises, -1 when
-      Γ ≡ 1 there (an int).
-
-    Per step, Γ_i(t) goes to TensorBoard as `gamma_<i>`, keyed by the optimizer step, every
-    `log_every_n_steps` steps, into every `keras.callbacks.TensorBoard` of the same call and
-    into `log_dir`.
-
-    `loss` and `val_loss` are Γ-weighted and oscillate by design: a callback that monitors
-    them (`EarlyStopping`, `ReduceLROnPlateau`, `ModelCheckpoint`) gets a warning at the start
-    of training; monitor a plain cross-entropy metric (`"val_ce"`) instead.
-
-    Invalid labels found where no assertion can run (XLA, JAX, PyTorch) raise at the end of
-    the epoch or of `evaluate` (`InvalidArgumentError` on TensorFlow, else `ValueError`).
+    A callback that monitors `loss` or `val_loss` (Γ-weighted, oscillating by design) gets a
+    warning: monitor a plain cross-entropy metric (`"val_ce"`). Invalid labels found where no
+    assertion can run raise at the end of the epoch or of `evaluate`.
 
     Args:
         loss: the dynamical loss to drive; default: all dynamical losses of `model.loss`.
-        period_epochs: the period in epochs: each loss's schedule is replaced at `fit`
-            start by a copy whose period is `period_epochs * steps_per_epoch / N` updates
-            (`N = gradient_accumulation_steps`, else 1).
+        period_epochs: the period in epochs: at `fit` start each schedule gets the period
+            `period_epochs * steps_per_epoch / gradient_accumulation_steps` updates.
         steps_per_epoch: batches per epoch for `period_epochs` when `fit` cannot know it.
         log_weights: log the per-epoch Γ statistics and `emphasized_class`.
         log_every_n_steps: TensorBoard resolution of Γ(t) in steps (default: a fiftieth of
@@ -72,15 +60,13 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, minimum=1,
                                            allow_none=True)
         self.log_dir = log_dir
-        self._in_fit = False
-        self._writer = None
-        self._written = -1
-        self._epoch_start = 0
+        self._in_fit, self._writer, self._written, self._epoch_start = False, None, -1, 0
 
     def _losses(self):
         if self.loss is not None:
             return [self.loss]
-        found = _dynamical_losses(self.model)
+        found = [loss for loss in keras.tree.flatten(getattr(self.model, "loss", None))
+                 if isinstance(loss, _DynamicalBase)]
         if not found:
             raise ValueError(
                 "DynamicalLossScheduler found no dynamical loss in `model.loss`. Received: "
@@ -88,22 +74,31 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
                 "keras_dynloss loss or pass it as `DynamicalLossScheduler(loss)`.")
         return found
 
-    def _bind(self):
-        new = False
+    def _prefix(self, loss):
+        return f"{loss.name}_" if len(self._losses()) > 1 else ""
+
+    def _now(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _sync(self):
         for loss in self._losses():
-            if loss.state is None or loss._binding.model is not self.model:
-                loss.bind(self.model)
-                new = True
             if hasattr(loss.step, "sync"):
                 loss.step.sync()
-        if new:  # the compiled steps were traced without the loss's state
-            self._retrace()
 
     def _retrace(self):
         for attr, make in (("train_function", "make_train_function"),
                            ("test_function", "make_test_function")):
             if getattr(self.model, attr, None) is not None:
                 getattr(self.model, make)(force=True)
+
+    def _bind(self):
+        unbound = [loss for loss in self._losses() if loss._binding.model is not self.model]
+        for loss in unbound:
+            loss.bind(self.model)
+        if unbound:  # the compiled steps were traced without the loss's state
+            self._retrace()
+        for loss in self._losses():
+            loss.state.invalid_labels.assign(0)
 
     def _set_period_from_epochs(self):
         steps = self.steps_per_epoch or (self.params or {}).get("steps")
@@ -117,25 +112,18 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
         if int(steps) % per_update:
             raise invalid("steps_per_epoch", "a multiple of the optimizer's "
                           f"gradient_accumulation_steps={per_update}", int(steps))
-        changed = False
-        for loss in self._losses():
-            period = self.period_epochs * int(steps) // per_update
-            if loss.schedule.period != period:
-                loss.schedule = loss.schedule.with_period(period)
-                changed = True
+        period = self.period_epochs * int(steps) // per_update
+        changed = [loss for loss in self._losses() if loss.schedule.period != period]
+        for loss in changed:
+            loss.schedule = loss.schedule.with_period(period)
         if changed:  # the period is a constant of the traced steps
             self._retrace()
 
-    def _reset_label_counts(self):
-        for loss in self._losses():
-            loss.state.invalid_labels.assign(0)
-
     def _check_labels(self, where):
         for loss in self._losses():
-            state = loss.state
-            count = 0 if state is None else int(keras.ops.convert_to_numpy(state.invalid_labels))
+            count = int(keras.ops.convert_to_numpy(loss.state.invalid_labels))
             if count:
-                state.invalid_labels.assign(0)
+                loss.state.invalid_labels.assign(0)
                 message = (f"Invalid value for argument `y_true`: expected integer class labels in "
                            f"[0, {loss.num_classes}) or probabilities for loss '{loss.name}'. "
                            f"Received {count} invalid labels during {where}; those samples got "
@@ -168,43 +156,35 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
     def _write_tensorboard(self):
         if not self._writer:
             return
-        now = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        now = self._now()
         for loss in self._losses():
             every = self.log_every_n_steps or max(1, loss.schedule.period // 50)
             steps = np.arange((self._written // every + 1) * every, now, every)
-            prefix = f"{loss.name}_" if len(self._losses()) > 1 else ""
             for step, gamma in zip(steps, loss.weights_at(steps) if steps.size else ()):
-                values = {f"{prefix}gamma_{i}": g for i, g in enumerate(gamma)}
-                emphasized = loss.schedule.emphasized_at(step)
-                values[f"{prefix}emphasized_class"] = emphasized[0] if emphasized.size else -1
+                values = {f"{self._prefix(loss)}gamma_{i}": g for i, g in enumerate(gamma)}
+                values[f"{self._prefix(loss)}emphasized_class"] = _emphasized(loss, step)
                 self._writer.write(step, values)
         self._written = now - 1
         self._writer.flush()
 
-    def _now(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-
     def _log_epoch(self, logs):
         """The Γ statistics over the epoch's steps and the class emphasised at its last."""
         steps = np.arange(self._epoch_start, max(self._now(), self._epoch_start + 1))
-        losses = self._losses()
-        for loss in losses:
-            prefix = f"{loss.name}_" if len(losses) > 1 else ""
+        for loss in self._losses():
+            prefix = self._prefix(loss)
             gamma = np.concatenate([loss.weights_at(chunk) for chunk in
                                     np.array_split(steps, -(-steps.size // 100_000))])
             for i in range(loss.num_classes):
                 logs[f"{prefix}gamma_{i}_max"] = float(gamma[:, i].max())
                 logs[f"{prefix}gamma_{i}_mean"] = float(gamma[:, i].mean())
-            emphasized = loss.schedule.emphasized_at(steps[-1])
-            logs[f"{prefix}emphasized_class"] = int(emphasized[0]) if emphasized.size else -1
+            logs[f"{prefix}emphasized_class"] = _emphasized(loss, steps[-1])
 
-    # -- hooks ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self._in_fit = True
         self._bind()
-        self._reset_label_counts()
         if self.period_epochs is not None:
             self._set_period_from_epochs()
+        self._sync()
         self._warn_about_siblings()
         self._writer = _tensorboard.ScalarWriter(_tensorboard.log_dirs(self, self.log_dir))
         self._written = self._now() - 1
@@ -221,10 +201,7 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
     def on_test_begin(self, logs=None):
         if not self._in_fit:
             self._bind()
-            self._reset_label_counts()
-        for loss in self._losses():
-            if hasattr(loss.step, "sync"):
-                loss.step.sync()
+        self._sync()
 
     def on_test_end(self, logs=None):
         self._check_labels("evaluation")
@@ -235,9 +212,7 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
         self._write_tensorboard()
         if self._writer:
             self._writer.close()
-        for loss in self._losses():
-            if hasattr(loss.step, "sync"):
-                loss.step.sync()
+        self._sync()
 
     def get_config(self):
         return dict(period_epochs=self.period_epochs, steps_per_epoch=self.steps_per_epoch,
@@ -247,3 +222,9 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _emphasized(loss, step):
+    """The first class emphasised at `step` (an int), -1 when Γ ≡ 1 there."""
+    emphasized = loss.schedule.emphasized_at(step)
+    return int(emphasized[0]) if emphasized.size else -1

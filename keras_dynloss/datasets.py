@@ -1,14 +1,6 @@
-"""Datasets of the paper's experiments: the spiral, Fashion-MNIST, digits, TFDS.
-
-* `spiral`: the authors' 2-d spiral, bit for bit (the same NumPy global-RNG calls in the same
-  order).
-* `fashion_mnist`: from Keras's cache or download, Debian's IDX files, or TFDS, whichever
-  works first.
-* `digits`: scikit-learn's 8x8 digits (`pip install "keras_dynloss[datasets]"`).
-* `tfds_dataset`: any TensorFlow Datasets set as NumPy arrays (same extra).
-
-Every loader returns NumPy arrays `(x, y)`: `x` float32 (images scaled to [0, 1]; the spiral
-also in float64), `y` int32 class labels.
+"""Datasets of the paper's experiments as NumPy arrays `(x, y)`: `x` float32 (images scaled
+to [0, 1]; the spiral also in float64), `y` int32 class labels. `digits` (scikit-learn) and
+`tfds_dataset` need `pip install "keras_dynloss[datasets]"`.
 """
 
 import gzip
@@ -24,33 +16,29 @@ __all__ = ["spiral", "fashion_mnist", "read_idx", "subsample", "digits", "tfds_d
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
+#: Where `fashion_mnist` looks for IDX files (after `$KERAS_DYNLOSS_FASHION_MNIST`): Debian's.
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+#: The sources of `fashion_mnist`, in the order "auto" tries them.
+FASHION_MNIST_SOURCES = ("keras", "idx", "tfds")
 _DATASETS_EXTRA = 'pip install "keras_dynloss[datasets]"'
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+              0x0E: ">f8"}
 
 
 def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0, *,
            dtype="float32"):
-    """The authors' spiral: `C` noisy arms of `N` points in the plane.
+    """The authors' spiral: `C` noisy arms of `N` points in the plane, arm by arm.
 
-    For arm `j`: `r = linspace(0, 1, N)`,
-    `θ = linspace(2πj/C, 2πj/C + revolutions·π, N) + noise · randn(N)`,
-    points `(r cos θ, r sin θ)` with label `j`. The noise is drawn after
-    `np.random.seed(seed)` from NumPy's global generator, arm after arm, exactly
-    as in the authors' code, so the points are identical to theirs (the global
-    NumPy RNG state is changed, as theirs is).
+    Arm `j`: `(r cos θ, r sin θ)`, `r = linspace(0, 1, N)`, `θ = linspace(2πj/C, 2πj/C +
+    revolutions·π, N) + noise · randn(N)` after `np.random.seed(seed)`, as the authors do.
 
     Args:
-        points_per_class: N, points per arm (>= 1).
-        num_classes: C, number of arms (>= 2).
+        points_per_class: N (>= 1).
+        num_classes: C (>= 2).
         revolutions: angle span of each arm in units of π (the paper's 4).
         noise: standard deviation of the angular noise (>= 0).
         seed: seed passed to `np.random.seed`.
-        dtype: `"float32"` or `"float64"`, the dtype of `x`. The points are
-            always computed in float64 (as the authors' code does) and then cast,
-            so `dtype="float64"` gives the authors' points exactly.
-
-    Returns:
-        `(x, y)`: `x` of `dtype` and shape `(N·C, 2)`, `y` int32 of
-        shape `(N·C,)`, arm by arm.
+        dtype: "float32" or "float64" (the authors' points exactly), the dtype of `x`.
 
     Example:
         >>> x, y = spiral(dtype="float64")
@@ -65,38 +53,18 @@ def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0
     if str(dtype) not in ("float32", "float64") and dtype not in (np.float32, np.float64):
         raise invalid("dtype", "'float32' or 'float64'", dtype)
     np.random.seed(seed)
-    x = np.zeros((n * c, 2))
-    y = np.zeros(n * c, dtype="int32")
+    r = np.linspace(0.0, 1, n)
+    arms = []
     for j in range(c):
-        ix = range(n * j, n * (j + 1))
-        r = np.linspace(0.0, 1, n)
-        t = (
-            np.linspace(2 * np.pi * j / c, 2 * np.pi * j / c + revolutions * np.pi, n)
-            + np.random.randn(n) * noise
-        )
-        x[ix] = np.c_[r * np.cos(t), r * np.sin(t)]
-        y[ix] = j
-    return x.astype(dtype), y
-
-
-# -- Fashion-MNIST -----------------------------------------------------------------------
-
-#: Where `fashion_mnist` looks for IDX files (after `$KERAS_DYNLOSS_FASHION_MNIST`):
-#: Debian's `dataset-fashion-mnist` package.
-FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-#: The sources of `fashion_mnist`, in the order "auto" tries them.
-FASHION_MNIST_SOURCES = ("keras", "idx", "tfds")
-_KERAS_ORIGIN = ("storage.googleapis.com", 443)
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
-              0x0E: ">f8"}
+        t = (np.linspace(2 * np.pi * j / c, 2 * np.pi * j / c + revolutions * np.pi, n)
+             + np.random.randn(n) * noise)
+        arms.append(np.c_[r * np.cos(t), r * np.sin(t)])
+    return np.concatenate(arms).astype(dtype), np.repeat(np.arange(c, dtype="int32"), n)
 
 
 def read_idx(path):
-    """An IDX file (gzipped or not, told by its magic bytes) as a NumPy array.
-
-    Returns:
-        An array of the file's type and shape, e.g. uint8 (60000, 28, 28).
-    """
+    """An IDX file (gzipped or not, told by its magic bytes) as a NumPy array of the file's
+    type and shape, e.g. uint8 (60000, 28, 28)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":
@@ -105,10 +73,8 @@ def read_idx(path):
         raise ValueError(f"{path} is not an IDX file (magic number {data[:4]!r}).")
     dtype, ndim = np.dtype(_IDX_TYPES[data[2]]), data[3]
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    count = int(np.prod(shape))
-    if len(data) - 4 - 4 * ndim < count * dtype.itemsize:
-        raise ValueError(f"{path} is truncated: expected {count} items of shape {shape}.")
-    array = np.frombuffer(data, dtype, count=count, offset=4 + 4 * ndim).reshape(shape)
+    array = np.frombuffer(data, dtype, count=int(np.prod(shape)), offset=4 + 4 * ndim)
+    array = array.reshape(shape)
     return array.astype(dtype.newbyteorder("="))
 
 
@@ -119,16 +85,9 @@ def _from_keras(split):
 
     home = os.environ.get("KERAS_HOME", os.path.expanduser(os.path.join("~", ".keras")))
     if not os.path.isdir(os.path.join(home, "datasets", "fashion-mnist")):
-        socket.create_connection(_KERAS_ORIGIN, timeout=5).close()
+        socket.create_connection(("storage.googleapis.com", 443), timeout=5).close()
     train, test = keras.datasets.fashion_mnist.load_data()
     return train if split == "train" else test
-
-
-def _idx_file(folder, stem):
-    for path in (os.path.join(folder, stem), os.path.join(folder, stem + ".gz")):
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def _from_idx(split, directory=None):
@@ -136,32 +95,24 @@ def _from_idx(split, directory=None):
     env = os.environ.get("KERAS_DYNLOSS_FASHION_MNIST")
     folders = [directory] if directory else ([env] if env else []) + list(FASHION_MNIST_DIRS)
     for folder in folders:
-        images = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
-        labels = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
-        if images and labels:
-            x, y = read_idx(images), read_idx(labels)
+        paths = []
+        for kind in ("images-idx3", "labels-idx1"):
+            stem = os.path.join(folder, f"{prefix}-{kind}-ubyte")
+            paths.append(next((p for p in (stem, stem + ".gz") if os.path.exists(p)), None))
+        if all(paths):
+            x, y = read_idx(paths[0]), read_idx(paths[1])
             if len(x) != len(y):
-                raise ValueError(f"{images} and {labels} hold {len(x)} and {len(y)} items.")
+                raise ValueError(f"{paths[0]} and {paths[1]} hold {len(x)} and {len(y)} items.")
             return x, y
     raise FileNotFoundError(f"no {prefix}-images-idx3-ubyte[.gz] and "
                             f"{prefix}-labels-idx1-ubyte[.gz] in {folders}")
 
 
-def _from_tfds(split):
-    x, y = _tfds_arrays("fashion_mnist", split)
-    return x[..., 0], y
-
-
 def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=None, seed=0,
                   flatten=False, return_source=False):
-    """Fashion-MNIST from the first source that has it.
-
-    Sources, in order ("auto"):
-
-    * "keras": `keras.datasets.fashion_mnist`, from Keras's cache or downloaded;
-    * "idx": IDX files (gzipped or not) in `$KERAS_DYNLOSS_FASHION_MNIST` or
-      `FASHION_MNIST_DIRS` (Debian/Ubuntu: `apt-get install dataset-fashion-mnist`);
-    * "tfds": TensorFlow Datasets (`pip install "keras_dynloss[datasets]"`).
+    """Fashion-MNIST from the first source that has it, in this order ("auto"): "keras"
+    (Keras's cache or download), "idx" (IDX files in `$KERAS_DYNLOSS_FASHION_MNIST` or
+    `FASHION_MNIST_DIRS`: `apt-get install dataset-fashion-mnist`), "tfds".
 
     Args:
         split: "train" (60000 images) or "test" (10000).
@@ -173,11 +124,8 @@ def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=N
         return_source: also return the name of the source used.
 
     Returns:
-        `(x, y)` (and the source): `x` float32 in [0, 1] of shape (n, 28, 28) or (n, 784),
-        `y` int32 of shape (n,), in [0, 10).
-
-    Raises:
-        FileNotFoundError: no source has it (the message says what each one lacked).
+        `(x, y)` (and the source): `x` of shape (n, 28, 28) or (n, 784), `y` in [0, 10).
+        A `FileNotFoundError` says what each source lacked when none has it.
 
     Example:
         >>> x, y = fashion_mnist("test", num_samples=1000, flatten=True)
@@ -186,11 +134,12 @@ def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=N
     """
     check_choice("split", split, ("train", "test"))
     check_choice("source", source, ("auto", *FASHION_MNIST_SOURCES))
-    loaders = {"keras": _from_keras, "idx": _from_idx, "tfds": _from_tfds}
-    if directory is not None:
-        source, loaders["idx"] = "idx", lambda split: _from_idx(split, directory)
+    loaders = {"keras": _from_keras, "idx": lambda split: _from_idx(split, directory),
+               "tfds": lambda split: _tfds_arrays("fashion_mnist", split)}
+    names = ("idx",) if directory is not None else (
+        FASHION_MNIST_SOURCES if source == "auto" else (source,))
     errors = []
-    for name in FASHION_MNIST_SOURCES if source == "auto" else (source,):
+    for name in names:
         try:
             x, y = loaders[name](split)
             break
@@ -202,7 +151,7 @@ def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=N
             "it is cached); Debian's IDX files: apt-get install dataset-fashion-mnist, or "
             "$KERAS_DYNLOSS_FASHION_MNIST set to a folder of the four IDX files; TFDS: "
             f'{_DATASETS_EXTRA}. Tried:\n  ' + "\n  ".join(errors))
-    x, y = _finish(x, y, num_samples, seed, flatten)
+    x, y = _finish(np.reshape(x, (-1, 28, 28)), y, num_samples, seed, flatten)
     return (x, y, name) if return_source else (x, y)
 
 
@@ -242,19 +191,14 @@ def subsample(x, y, num_samples, *, seed=0):
 
 
 def digits(*, flatten=False):
-    """scikit-learn's 8x8 handwritten digits: 1797 images, 10 classes.
-
-    Returns:
-        `(x, y)`: `x` float32 in [0, 1] of shape (1797, 8, 8), or (1797, 64) with `flatten`;
-        `y` int32 of shape (1797,).
-    """
+    """scikit-learn's 8x8 handwritten digits: `x` float32 in [0, 1] of shape (1797, 8, 8) (or
+    (1797, 64) with `flatten`), `y` int32 of shape (1797,), 10 classes."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise ImportError(f"digits() needs scikit-learn: {_DATASETS_EXTRA}.") from err
     d = load_digits()
-    x = (d.images / 16.0).astype("float32")
-    return (x.reshape(len(x), -1) if flatten else x), d.target.astype("int32")
+    return _finish(d.images / 16.0, d.target, None, 0, flatten)
 
 
 def _tfds_arrays(name, split, image_key="image", label_key="label", data_dir=None,
@@ -282,14 +226,12 @@ def tfds_dataset(name, split="train", *, num_samples=None, image_key="image",
         name: the TFDS name, e.g. "fashion_mnist", "mnist", "cifar10".
         split: a TFDS split ("train", "test", "train[:10%]").
         num_samples: a class-stratified subset of this size (`subsample`).
-        image_key, label_key: the features holding the inputs and the labels.
+        image_key: the feature holding the inputs.
+        label_key: the feature holding the labels.
         data_dir: the TFDS data folder.
         download: let TFDS download and prepare the data if missing.
         seed: seed of the subset.
         flatten: each input as a vector.
-
-    Returns:
-        `(x, y)`: `x` float32 (uint8 images scaled to [0, 1]), `y` int32.
 
     Example:
         >>> x, y = tfds_dataset("fashion_mnist", "test", num_samples=1000)

@@ -1,18 +1,13 @@
 """Dynamical losses as pure per-sample functions of `(y_true, y_pred, Γ)`, and label checks.
 
 Each function weights a per-sample loss by the class weights Γ (shape (C,)) and returns
-per-sample values (shape `y_pred.shape[:-1]`); `keras_dynloss.losses` composes them with a
-`ClassWeightSchedule` evaluated at the training step. Under mixed precision they compute in
-float32.
+per-sample values (shape `y_pred.shape[:-1]`), in float32 for half-precision `y_pred`.
 
-Labels are never clamped silently. A sparse label must be an integer in `[0, C)`; dense
-targets must be probabilities (entries >= 0, each row summing to 1). An invalid sample:
-
-* on TensorFlow outside XLA raises `InvalidArgumentError` from an in-graph assertion,
-  before any weight changes;
-* elsewhere (XLA, JAX, PyTorch) gets loss and gradient exactly 0 and is counted in
-  `invalid_label_counter` (`DynamicalLossScheduler` raises at the end of the epoch); without
-  a counter its loss is NaN (with zero gradient), so it shows in the reported loss.
+Labels must be integers in `[0, C)` or probabilities (entries >= 0, rows summing to 1), and
+an invalid one is never clamped: on TensorFlow outside XLA an in-graph assertion raises
+`InvalidArgumentError` before any weight changes; elsewhere (XLA, JAX, PyTorch) the sample
+gets loss and gradient 0 and is counted in `invalid_label_counter` (`DynamicalLossScheduler`
+raises at the epoch's end), or without a counter its loss is NaN (with zero gradient).
 """
 
 import keras
@@ -34,33 +29,23 @@ def prediction(y_pred):
     return ops.cast(y_pred, "float32") if y_pred.dtype in ("float16", "bfloat16") else y_pred
 
 
-def label_kind(y_true, y_pred, num_classes):
-    """SPARSE for labels of shape `y_pred.shape[:-1]` (or with a trailing 1), DENSE for
-    targets of `y_pred`'s shape; raises ValueError otherwise."""
+def split_labels(y_true, y_pred, num_classes):
+    """`(kind, y, valid)`: SPARSE and int32 labels (shape `y_pred.shape[:-1]`, or with a
+    trailing 1), or DENSE and probabilities (`y_pred`'s shape), invalid samples replaced by
+    class 0 (so every kernel stays in bounds); `valid` the mask for `guard`, or None on
+    TensorFlow outside XLA, where y carries an assertion that every sample is valid."""
+    y_true = ops.convert_to_tensor(y_true)
     pred, true = tuple(y_pred.shape), tuple(y_true.shape)
-    if len(pred) < 1 or pred[-1] not in (None, num_classes):
+    if not pred or pred[-1] not in (None, num_classes):
         raise invalid("y_pred", f"a tensor of shape (..., {num_classes}) (one output per class)",
                       f"<tensor of shape {pred}>")
-    if len(true) == len(pred) - 1 or (len(true) == len(pred) and true[-1] == 1):
-        kind, batch = SPARSE, true[:len(pred) - 1]
-    elif len(true) == len(pred) and true[-1] in (num_classes, None):
-        kind, batch = DENSE, true[:-1]
-    else:
-        kind, batch = None, None
-    if kind is None or not all(a is None or b is None or a == b for a, b in zip(batch, pred[:-1])):
+    sparse = len(true) == len(pred) - 1 or (len(true) == len(pred) and true[-1] == 1)
+    dense = len(true) == len(pred) and true[-1] in (num_classes, None)
+    if not (sparse or dense) or any(a != b for a, b in zip(true, pred[:-1])
+                                    if a is not None and b is not None):
         raise invalid("y_true", f"integer labels of shape {pred[:-1]} or probabilities of shape "
                       f"{pred}", f"<tensor of shape {true}>")
-    return kind
-
-
-def split_labels(y_true, y_pred, num_classes):
-    """`(kind, y, valid)`: y the int32 labels (invalid ones replaced by class 0, so every
-    kernel stays in bounds) or the float targets (invalid rows replaced by class 0's), and
-    the validity mask of shape `y_pred.shape[:-1]` for `guard`. On TensorFlow outside XLA, y
-    carries an assertion that every sample is valid (so the update depends on it) and
-    `valid` is None."""
-    y_true = ops.convert_to_tensor(y_true)
-    kind = label_kind(y_true, y_pred, num_classes)
+    kind = SPARSE if sparse else DENSE
     asserts = keras.backend.backend() == "tensorflow" and not _compat.in_xla_context()
     if kind == SPARSE:
         if len(y_true.shape) == len(y_pred.shape):
@@ -113,20 +98,20 @@ def guard(values, valid, counter):
     return ops.where(valid, values, fill)
 
 
-def _weights(class_weights, y_pred):
+def _inputs(y_true, y_pred, class_weights):
+    """`(y_pred, Γ, kind, y, valid)`: the prediction, Γ of its dtype, and `split_labels`."""
+    y_pred = prediction(y_pred)
     class_weights = ops.cast(class_weights, y_pred.dtype)
     if len(class_weights.shape) != 1 or class_weights.shape[0] is None:
         raise invalid("class_weights", "a vector of shape (C,) with C known",
                       f"<tensor of shape {tuple(class_weights.shape)}>")
-    return class_weights, int(class_weights.shape[0])
+    return (y_pred, class_weights) + split_labels(y_true, y_pred, int(class_weights.shape[0]))
 
 
 def dynamical_crossentropy(y_true, y_pred, class_weights, *, from_logits=False,
                            invalid_label_counter=None):
-    """Per-sample class-weighted cross-entropy `Γ_{y_μ} · (-log softmax(f(x_μ))_{y_μ})`.
-
-    Averaged over the batch this is the paper's `F = -(1/P) Σ_μ Γ_{y_μ} log p_{y_μ}`. For
-    probabilities `y_μ` the weight is `Σ_i y_μi Γ_i` (equal to `Γ_{y_μ}` for one-hot).
+    """Per-sample class-weighted cross-entropy `Γ_{y_μ} · (-log softmax(f(x_μ))_{y_μ})`, or
+    `Σ_i y_μi Γ_i · CE(y_μ, f(x_μ))` for probabilities `y_μ`.
 
     Args:
         y_true: integer labels (B,) or (B, 1), or probabilities (B, C).
@@ -137,15 +122,13 @@ def dynamical_crossentropy(y_true, y_pred, class_weights, *, from_logits=False,
             assertion can run (see the module docstring), or None.
 
     Returns:
-        Per-sample losses, shape (B,): float32 for half-precision `y_pred`, else its dtype.
+        Per-sample losses, shape (B,).
 
     Example:
         >>> dynamical_crossentropy([0, 2], [[2., 0., 0.], [0., 0., 2.]],
         ...                        [2.917, 0.042, 0.042], from_logits=True)
     """
-    y_pred = prediction(y_pred)
-    class_weights, num_classes = _weights(class_weights, y_pred)
-    kind, y, valid = split_labels(y_true, y_pred, num_classes)
+    y_pred, class_weights, kind, y, valid = _inputs(y_true, y_pred, class_weights)
     if kind == SPARSE:
         ce = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=from_logits)
     else:
@@ -154,31 +137,24 @@ def dynamical_crossentropy(y_true, y_pred, class_weights, *, from_logits=False,
 
 
 def _squared_errors(y_true, y_pred, class_weights):
-    y_pred = prediction(y_pred)
-    class_weights, num_classes = _weights(class_weights, y_pred)
-    kind, y, valid = split_labels(y_true, y_pred, num_classes)
-    targets = ops.one_hot(y, num_classes, dtype=y_pred.dtype) if kind == SPARSE else y
-    return kind, y, valid, class_weights, ops.square(targets - y_pred)
+    """`(targets, valid, Γ, (y - f)²)`, with one-hot targets for integer labels."""
+    y_pred, class_weights, kind, y, valid = _inputs(y_true, y_pred, class_weights)
+    if kind == SPARSE:
+        y = ops.one_hot(y, class_weights.shape[0], dtype=y_pred.dtype)
+    return y, valid, class_weights, ops.square(y - y_pred)
 
 
 def dynamical_mean_squared_error(y_true, y_pred, class_weights, *, invalid_label_counter=None):
     """Per-sample weighted MSE `Γ_{y_μ} · (1/C) Σ_i (y_μi - f_μi)²` (arXiv 2410.10690).
 
-    Args:
-        y_true: integer labels (B,) / (B, 1) (one-hot targets are built from them) or
-            probabilities (B, C) (sample weight `Σ_i y_μi Γ_i`).
-        y_pred: outputs, shape (B, C).
-        class_weights: Γ, shape (C,).
-        invalid_label_counter: as for `dynamical_crossentropy`.
-
-    Returns:
-        Per-sample losses, shape (B,).
+    Integer labels give one-hot targets; probabilities `y_μ` weigh `Σ_i y_μi Γ_i`. Arguments
+    and result as for `dynamical_crossentropy` (`y_pred`: outputs).
 
     Example:
         >>> dynamical_mean_squared_error([1], [[0.1, 0.8, 0.1]], [0.5, 2.0, 0.5])
     """
-    kind, y, valid, class_weights, errors = _squared_errors(y_true, y_pred, class_weights)
-    values = class_weight_of(kind, y, class_weights) * ops.mean(errors, axis=-1)
+    targets, valid, class_weights, errors = _squared_errors(y_true, y_pred, class_weights)
+    values = class_weight_of(DENSE, targets, class_weights) * ops.mean(errors, axis=-1)
     return guard(values, valid, invalid_label_counter)
 
 
@@ -186,17 +162,10 @@ def dynamical_componentwise_mean_squared_error(y_true, y_pred, class_weights, *,
                                                invalid_label_counter=None):
     """Component-weighted MSE `(1/C) Σ_i Γ_i (y_μi - f_μi)²` (arXiv 2410.10690).
 
-    Args:
-        y_true: integer labels (B,) / (B, 1) or probabilities (B, C).
-        y_pred: outputs, shape (B, C).
-        class_weights: Γ, shape (C,).
-        invalid_label_counter: as for `dynamical_crossentropy`.
-
-    Returns:
-        Per-sample losses, shape (B,).
+    Arguments and result as for `dynamical_crossentropy` (`y_pred`: outputs).
 
     Example:
         >>> dynamical_componentwise_mean_squared_error([1], [[0.1, 0.8, 0.1]], [0.5, 2.0, 0.5])
     """
-    _, _, valid, class_weights, errors = _squared_errors(y_true, y_pred, class_weights)
+    _, valid, class_weights, errors = _squared_errors(y_true, y_pred, class_weights)
     return guard(ops.mean(class_weights * errors, axis=-1), valid, invalid_label_counter)

@@ -1,14 +1,11 @@
-"""Matplotlib figures for people: Γ(t), a training `History`, a probe's history, a sweep.
+"""Matplotlib figures: Γ(t), a training `History`, a probe's history, a sweep.
 
-Each function returns a `matplotlib.figure.Figure`, or draws into the axes it is given and
-returns their figure. The figures are not registered with pyplot and no backend is chosen:
-a notebook shows a figure as a cell's value, `fig.savefig("out.png")` writes one. Needs
-matplotlib (`pip install "keras_dynloss[plot]"`).
+Each function returns a `matplotlib.figure.Figure` (that of the axes it is given, if any),
+not registered with pyplot, with no backend chosen: a notebook shows it as a cell's value,
+`fig.savefig("gamma.png")` writes it. Needs `pip install "keras_dynloss[plot]"`.
 
 Example:
-    >>> import keras_dynloss as kd
     >>> fig = kd.plot.gamma(kd.ClassWeightSchedule(3, amplitude=70, period=100), 300)
-    >>> fig.savefig("gamma.png")
 """
 
 import numpy as np
@@ -29,34 +26,23 @@ def _figure(rows, cols=1, *, width=7.0, height=2.4, layout="constrained"):
     return fig, fig.subplots(rows, cols, sharex="col", squeeze=False)
 
 
-def _steps(steps, max_points):
-    if isinstance(steps, (int, np.integer)):
-        steps = np.arange(steps)
-    elif isinstance(steps, tuple) and len(steps) == 2:
-        steps = np.arange(*steps)
-    steps = np.asarray(steps, dtype=np.int64).reshape(-1)
-    if steps.size > max_points:
-        steps = steps[np.linspace(0, steps.size - 1, max_points).astype(np.int64)]
-    return steps
-
-
 def gamma(schedule, steps, *, weights=None, ax=None, max_points=20000):
     """Γ_i(t) of a schedule or a dynamical loss, one line per class.
 
     Args:
         schedule: a `ClassWeightSchedule` or a dynamical loss (anything with
             `weights_at(steps)`); None with `weights`.
-        steps: the steps shown: a count `n` (steps 0 to n - 1), a `(start, stop)` pair, or an
-            array of steps. Over more than `max_points` steps, evenly spread ones are shown
-            (a period shorter than a few such strides aliases: narrow the range to see it).
+        steps: a count `n` (steps 0 to n - 1), a `(start, stop)` pair, or an array of steps;
+            of more than `max_points`, evenly spread ones (a short period may alias).
         weights: Γ at `steps`, shape (len(steps), C), instead of a schedule.
         ax: matplotlib axes to draw into (default: a new figure).
         max_points: the most steps evaluated.
-
-    Returns:
-        The figure.
     """
-    steps = _steps(steps, max_points)
+    if isinstance(steps, (int, np.integer)) or (isinstance(steps, tuple) and len(steps) == 2):
+        steps = np.arange(*np.atleast_1d(steps))
+    steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+    if steps.size > max_points:
+        steps = steps[np.linspace(0, steps.size - 1, max_points).astype(np.int64)]
     if weights is None:
         if not hasattr(schedule, "weights_at"):
             raise invalid("schedule", "a ClassWeightSchedule or a dynamical loss", schedule)
@@ -75,17 +61,13 @@ def gamma(schedule, steps, *, weights=None, ax=None, max_points=20000):
 def history(history, *, ce="ce"):
     """Losses, Γ statistics and the emphasised class of a training run, per epoch.
 
-    Panels, where the logs have them: `loss` (the dynamical loss) and the plain
-    cross-entropy metric `ce` (with their `val_` versions); each class's `gamma_<i>_max`
-    (solid) and `gamma_<i>_mean` (dashed), as `DynamicalLossScheduler` logs them; and
-    `emphasized_class`.
+    Panels, where the logs have them: `loss` and the plain cross-entropy metric `ce` (and
+    their `val_` versions); `gamma_<i>_max` (solid) and `gamma_<i>_mean` (dashed); and
+    `emphasized_class`, as `DynamicalLossScheduler` logs them.
 
     Args:
         history: a `keras.callbacks.History` (what `fit` returns) or its `.history` dict.
         ce: the name of the plain cross-entropy metric.
-
-    Returns:
-        The figure.
     """
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict):
@@ -99,11 +81,11 @@ def history(history, *, ce="ce"):
         raise invalid("history", f"logs with 'loss', {ce!r}, 'gamma_<i>_max' or "
                       "'emphasized_class'", sorted(logs))
     fig, axes = _figure(len(panels))
+    epochs = lambda values: np.arange(1, len(values) + 1)  # noqa: E731
     for ax, panel in zip(axes[:, 0], panels):
         if panel == "loss":
             for key in losses:
-                values = logs[key]
-                ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=key)
+                ax.plot(epochs(logs[key]), logs[key], marker=".", label=key)
             ax.set_ylabel("loss")
             ax.set_yscale("log" if all(v > 0 for k in losses for v in logs[k]) else "linear")
         elif panel == "gamma":
@@ -111,12 +93,12 @@ def history(history, *, ce="ce"):
                 for stat, style in (("max", "-"), ("mean", "--")):
                     values = logs.get(f"gamma_{i}_{stat}")
                     if values:
-                        ax.plot(np.arange(1, len(values) + 1), values, style, color=f"C{i % 10}",
+                        ax.plot(epochs(values), values, style, color=f"C{i % 10}",
                                 label=f"Γ_{i} {stat}")
             ax.set_ylabel("Γ_i over the epoch")
         else:
             values = logs["emphasized_class"]
-            ax.step(np.arange(1, len(values) + 1), values, where="mid", marker=".")
+            ax.step(epochs(values), values, where="mid", marker=".")
             ax.set_ylabel("emphasised class")
             ax.yaxis.get_major_locator().set_params(integer=True)
         if panel != "emphasized":
@@ -135,9 +117,6 @@ def probe(history, *, learning_rate=None, axes=None, step_range=None):
         learning_rate: η: draws the gradient-descent stability line 2/η beside the Hessian's.
         axes: one matplotlib axes per panel present (default: a new figure).
         step_range: `(start, stop)`: show only those steps.
-
-    Returns:
-        The figure.
     """
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or "step" not in logs:
@@ -173,9 +152,6 @@ def sweep(result, *, reference=None, title=None, series_label=None):
         reference: rows of reference runs, drawn as crosses where they have the metric.
         title: the figure's title.
         series_label: series value -> its legend label.
-
-    Returns:
-        The figure.
     """
     rows = result["rows"]
     x_name, series_name = result["cell"]

@@ -1,17 +1,9 @@
 """Class-weight schedules Γ(t): pure functions of the optimizer step, on `keras.ops`.
 
-A schedule maps an integer step `t` (any shape) to class weights of shape `t.shape + (C,)`,
-composed of three small pieces:
-
-* the *emphasis*: which classes period `k = t // T` emphasises, a 0/1 mask of shape (C,)
-  (cyclic, explicit groups, or a seeded random permutation per cycle);
-* the *profile*: how strongly, `h(φ) ∈ [0, 1]` of the phase `φ = (t mod T) / T`;
-* the *normalisation*: raw weights `w_i = 1 + (A - 1) h(φ) m_i` rescaled so that
-  `Σ_i Γ_i = C`.
-
-With the paper's triangular profile `h(φ) = 1 - |2φ - 1|` the emphasised class's raw weight
-rises from 1 to A at T/2 and falls back to 1; with A = 70 and C = 3 the peak weights are
-`3·70/72 = 2.917` and `3/72 = 0.042`.
+`ClassWeightSchedule` composes three small pieces: the *emphasis* (which classes period
+`k = t // T` emphasises: cyclic, explicit groups, or a seeded random permutation per cycle),
+the *profile* `h(φ) ∈ [0, 1]` of the phase `φ = (t mod T) / T` (`triangular`, `sine`,
+`square` or your own), and the normalisation `Σ_i Γ_i = C`.
 """
 
 import keras
@@ -41,10 +33,8 @@ def square(phase):
 
 PROFILES = {"triangular": triangular, "sine": sine, "square": square}
 
-# -- the random class order: a fixed integer hash of (seed, cycle, class) --------------------
-# Residues modulo the prime P = 2**31 - 1, multiplied by Schrage's method, so that no
-# intermediate leaves int32: the same keys on every backend, with or without int64. The
-# tensors' own operators keep the step's integer dtype.
+# -- the random class order: an integer hash of (seed, cycle, class) modulo the prime
+# P = 2**31 - 1 (Schrage's method: no intermediate leaves int32, so every backend agrees).
 _P = 2147483647
 _ROUNDS = ((48271, 11, 15), (69621, 7, 13), (16807, 3, 16))
 
@@ -74,30 +64,28 @@ def _random_ranks(seed, cycle, num_classes):
     return ops.argsort(ops.argsort(keys))
 
 
-def _check_class_order(class_order, num_classes):
-    """"cyclic", "random", or the explicit order as a list of groups (lists of ints)."""
-    if isinstance(class_order, str):
-        return check_choice("class_order", class_order, ("cyclic", "random"))
-    expected = (f"'cyclic', 'random', or a non-empty sequence of class indices in "
-                f"[0, {num_classes}) or of non-empty groups of them")
-    if not isinstance(class_order, (list, tuple)) or not class_order:
-        raise invalid("class_order", expected, class_order)
-    groups = []
-    for item in class_order:
-        group = list(item) if isinstance(item, (list, tuple)) else [item]
-        if not group or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool)
-                                and 0 <= c < num_classes for c in group):
-            raise invalid("class_order", expected, class_order)
-        groups.append([int(c) for c in group])
-    return groups
-
-
-def _serialize(value):
-    return keras.saving.serialize_keras_object(value) if callable(value) else value
-
-
-def _deserialize(value):
-    return keras.saving.deserialize_keras_object(value) if isinstance(value, dict) else value
+def _group_masks(class_order, num_classes, group_size):
+    """The checked `class_order` and the (G, C) 0/1 masks of the classes each period of a
+    cycle emphasises (None for "random": drawn per cycle in `emphasis`)."""
+    if class_order == "random":
+        return class_order, None
+    if class_order == "cyclic":
+        groups = [list(range(s, min(s + group_size, num_classes)))
+                  for s in range(0, num_classes, group_size)]
+    else:
+        items = class_order if isinstance(class_order, (list, tuple)) else []
+        groups = [list(i) if isinstance(i, (list, tuple)) else [i] for i in items]
+        if not (groups and all(groups) and all(
+                isinstance(c, (int, np.integer)) and not isinstance(c, bool)
+                and 0 <= c < num_classes for group in groups for c in group)):
+            raise invalid("class_order", f"'cyclic', 'random', or a non-empty sequence of class "
+                          f"indices in [0, {num_classes}) or of non-empty groups of them",
+                          class_order)
+        class_order = groups = [[int(c) for c in group] for group in groups]
+    masks = np.zeros((len(groups), num_classes), "float32")
+    for g, members in enumerate(groups):
+        masks[g, members] = 1.0
+    return class_order, masks
 
 
 @keras.saving.register_keras_serializable(package="keras_dynloss")
@@ -107,23 +95,18 @@ class ClassWeightSchedule:
     `Γ_i(t) = C · w_i(t) / Σ_j w_j(t)` (or `w_i(t)` with `normalize=False`), where
     `w_i(t) = 1 + (A(t) - 1) · h((s mod T) / T) · m_i(s // T)` with `s = t - start_after`,
     `h` the profile and `m(k)` the 0/1 mask of the classes period `k` emphasises.
-    `Γ(t) = 1` for `t < start_after` and for `t >= static_after`.
 
     Args:
         num_classes: C (>= 2).
-        amplitude: A >= 1, the ratio of the emphasised raw weight to the others at the
-            profile's peak (A = 1 is the plain loss); or a schedule `A(t)`, e.g. a
-            `keras.optimizers.schedules.LearningRateSchedule` decaying to 1 (its values
-            must stay >= 1; register a custom callable with
-            `keras.saving.register_keras_serializable` to save it).
+        amplitude: A >= 1, the emphasised raw weight's ratio to the others at the profile's
+            peak (A = 1 is the plain loss); or a schedule `A(t)` >= 1, e.g. a Keras
+            `LearningRateSchedule` decaying to 1 (register a custom callable to save it).
         period: T, steps per period (>= 1).
-        shape: "triangular" (the paper's), "sine", "square", or a callable profile
-            `h(phase) -> [0, 1]` written with `keras.ops` (phase in [0, 1), float32, or
-            float64 for a float64 Γ); register it to save it.
+        shape: "triangular" (the paper's), "sine", "square", or a `keras.ops` callable
+            `h(phase in [0, 1)) -> [0, 1]` (register it to save it).
         normalize: rescale so that `Σ_i Γ_i = C`.
-        class_order: "cyclic" (period k emphasises group `k mod G`), "random" (a fresh
-            seeded permutation of the classes every cycle of G periods), or an explicit
-            sequence of classes or groups of classes (cycled).
+        class_order: "cyclic" (period k emphasises group `k mod G`), "random" (a seeded
+            permutation every cycle of G periods), or a sequence of classes or groups.
         group_size: classes emphasised together per period ("cyclic" and "random");
             `G = ceil(C / group_size)`.
         static_after: step from which Γ ≡ 1 (the paper's last, static period), or None.
@@ -139,6 +122,8 @@ class ClassWeightSchedule:
     def __init__(self, num_classes, *, amplitude, period, shape="triangular", normalize=True,
                  class_order="cyclic", group_size=1, static_after=None, start_after=None,
                  seed=0):
+        amplitude, shape = (keras.saving.deserialize_keras_object(v) if isinstance(v, dict)
+                            else v for v in (amplitude, shape))
         self.num_classes = check_int("num_classes", num_classes, minimum=2)
         if callable(amplitude):
             first = float(ops.convert_to_numpy(amplitude(0)))
@@ -149,36 +134,25 @@ class ClassWeightSchedule:
         else:
             self.amplitude = check_number("amplitude", amplitude, minimum=1)
         self.period = check_int("period", period, minimum=1)
-        if not callable(shape):
-            check_choice("shape", shape, tuple(PROFILES))
-        self.shape = shape
+        self.shape = shape if callable(shape) else check_choice("shape", shape, tuple(PROFILES))
         self.normalize = check_bool("normalize", normalize)
         self.group_size = check_int("group_size", group_size, minimum=1, maximum=num_classes)
         self.static_after = check_int("static_after", static_after, minimum=0, allow_none=True)
         self.start_after = check_int("start_after", start_after, minimum=0, allow_none=True)
         self.seed = check_int("seed", seed)
-        self.class_order = _check_class_order(class_order, self.num_classes)
-        if self.class_order == "random":
-            self._groups = None
-            self.num_groups = -(-self.num_classes // self.group_size)
-        else:
-            groups = self.class_order
-            if groups == "cyclic":
-                groups = [list(range(s, min(s + self.group_size, self.num_classes)))
-                          for s in range(0, self.num_classes, self.group_size)]
-            self._groups = np.zeros((len(groups), self.num_classes), "float32")
-            for g, members in enumerate(groups):
-                self._groups[g, members] = 1.0
-            self.num_groups = len(groups)
+        self.class_order, self._groups = _group_masks(class_order, self.num_classes,
+                                                      self.group_size)
+        self.num_groups = (-(-self.num_classes // self.group_size) if self._groups is None
+                           else len(self._groups))
         self._compiled = {}
 
     @property
-    def profile(self):
-        """The profile function `h(phase)`."""
-        return self.shape if callable(self.shape) else PROFILES[self.shape]
+    def constant(self):
+        """True when Γ ≡ 1 at every step (A = 1, or `static_after=0`)."""
+        return (not callable(self.amplitude) and self.amplitude == 1) or self.static_after == 0
 
     def emphasis(self, period_index):
-        """0/1 mask of the emphasised classes, shape `period_index.shape + (C,)` (float32)."""
+        """0/1 float32 mask of the emphasised classes, shape `period_index.shape + (C,)`."""
         k = ops.convert_to_tensor(period_index)
         slot = k % self.num_groups
         if self._groups is not None:
@@ -204,20 +178,18 @@ class ClassWeightSchedule:
             s = (t - self.start_after) * ops.cast(t >= self.start_after, t.dtype)
         k = s // self.period
         # The phase in float64 for a float64 Γ (exact to rounding), else float32.
-        phase_dtype = "float64" if dtype == "float64" else "float32"
-        phase = ops.cast(s - k * self.period, phase_dtype) / self.period
-        h = ops.cast(self.profile(phase), dtype)
+        phase = ops.cast(s - k * self.period, "float64" if dtype == "float64" else "float32")
+        profile = self.shape if callable(self.shape) else PROFILES[self.shape]
+        h = ops.cast(profile(phase / self.period), dtype)
         amplitude = self.amplitude(t) if callable(self.amplitude) else self.amplitude
         raw = 1.0 + (ops.cast(amplitude, dtype) - 1.0)[..., None] * h[..., None] * ops.cast(
             self.emphasis(k), dtype)
         gamma = self.num_classes * raw / ops.sum(raw, -1, keepdims=True) if self.normalize else raw
-        static = None
-        if self.start_after is not None:
-            static = t < self.start_after
-        if self.static_after is not None:
-            after = t >= self.static_after
-            static = after if static is None else static | after
-        return gamma if static is None else ops.where(static[..., None], ops.ones_like(gamma), gamma)
+        static = [t < self.start_after] if self.start_after is not None else []
+        static += [t >= self.static_after] if self.static_after is not None else []
+        for mask in static:  # no `where` at all without a static phase
+            gamma = ops.where(mask[..., None], ops.ones_like(gamma), gamma)
+        return gamma
 
     def weights_at(self, step, dtype="float32"):
         """Γ(step) as a NumPy array: shape (C,) for a scalar step, else `shape + (C,)`."""
@@ -231,19 +203,15 @@ class ClassWeightSchedule:
 
     def emphasized_at(self, step):
         """Indices of the classes emphasised at `step` (empty when Γ ≡ 1 there)."""
-        step = int(step)
-        if (self.static_after is not None and step >= self.static_after) or (
-                self.start_after is not None and step < self.start_after):
-            return np.zeros((0,), "int64")
-        s = step - (self.start_after or 0)
-        if not callable(self.amplitude) and self.amplitude == 1:
+        s = int(step) - (self.start_after or 0)
+        if s < 0 or self.constant or (self.static_after is not None
+                                      and int(step) >= self.static_after):
             return np.zeros((0,), "int64")
         k = ops.convert_to_tensor(s // self.period, _step_dtype(np.asarray(s)))
         return np.flatnonzero(ops.convert_to_numpy(self.emphasis(k)))
 
     def with_period(self, period):
-        """A copy with another period; the profile and amplitude objects are kept as they are
-        (a `lambda` profile survives, which `from_config` could not rebuild)."""
+        """A copy with another period, sharing the profile and amplitude (even a `lambda`)."""
         return type(self)(**dict(self._arguments(), period=period))
 
     def _arguments(self):
@@ -253,16 +221,11 @@ class ClassWeightSchedule:
                     start_after=self.start_after, seed=self.seed)
 
     def get_config(self):
-        config = self._arguments()
-        config["amplitude"] = _serialize(config["amplitude"])
-        config["shape"] = _serialize(config["shape"])
-        return config
+        return {key: keras.saving.serialize_keras_object(value) if callable(value) else value
+                for key, value in self._arguments().items()}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["amplitude"] = _deserialize(config["amplitude"])
-        config["shape"] = _deserialize(config["shape"])
         return cls(**config)
 
     def __repr__(self):
@@ -271,9 +234,8 @@ class ClassWeightSchedule:
 
 
 def _step_dtype(step):
-    """int64 where the backend has it and the steps need it, else int32."""
-    big = step.size and int(np.max(step)) >= 2**31
-    if not big:
+    """int64 where the steps need it (an error under JAX without jax_enable_x64), else int32."""
+    if not (step.size and int(np.max(step)) >= 2**31):
         return "int32"
     if keras.backend.backend() == "jax":
         import jax

@@ -1,11 +1,12 @@
-"""What only a backend can do, one module per Keras backend.
+"""What only a backend can do, one module per Keras backend (the rest is on `keras.ops`).
 
-`get()` returns the module of the backend Keras runs on now (`keras.backend.backend()`):
-`keras_dynloss.backend.tensorflow`, `.jax` or `.torch`. Each defines the same functions;
-everything else in the package is written once on `keras.ops`. A module is imported on
-first use, so importing the package never imports another backend's framework.
-
-Seeds are int32 tensors of shape (2,); `fold_in(seed, i)` derives the seed of stream `i`.
+`get()` returns `keras_dynloss.backend.tensorflow`, `.jax` or `.torch`, imported on first use.
+Each defines `uniform(shape, seed, dtype)` (on [-1, 1)) and `normal(shape, seed, dtype)`, a
+function of `seed` (int32 (2,)) alone; `compile_function(fn, *, jit_compile=False)`; and the
+autodiff primitives of the curvature products, for `fn` mapping an array `theta` to a scalar
+or an array: `value_and_grad -> (value, grad)`, `linearize_grad -> (value, grad, v -> H v)`,
+`linearize -> (out, w -> J w, u -> J^T u)`, `jacobian -> (out, J)` (`J` of shape
+`out.shape + theta.shape`).
 """
 
 import importlib
@@ -13,7 +14,7 @@ import importlib
 import keras
 from keras import ops
 
-_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def name():
@@ -23,13 +24,12 @@ def name():
 
 def get():
     """The module of the current backend (see the module docstring)."""
-    backend = name()
-    if backend not in _MODULES:
+    if name() not in _BACKENDS:
         raise ImportError(
             f"keras_dynloss runs on Keras's TensorFlow, JAX and PyTorch backends; Keras's "
-            f"backend is {backend!r}. Set KERAS_BACKEND to one of {sorted(_MODULES)} before "
+            f"backend is {name()!r}. Set KERAS_BACKEND to one of {list(_BACKENDS)} before "
             "keras is imported.")
-    return importlib.import_module(f"keras_dynloss.backend.{_MODULES[backend]}")
+    return importlib.import_module(f"keras_dynloss.backend.{name()}")
 
 
 def seed_pair(seed):
@@ -43,7 +43,6 @@ def seed_pair(seed):
 
 
 def fold_in(seed, i):
-    """The seed (2,) of stream `i` (an int or int scalar tensor) of `seed` (2,)."""
+    """The seed (2,) of stream `i` (an int or int scalar tensor) of `seed`."""
     seed = seed_pair(seed)
-    i = ops.cast(i, "int32")
-    return ops.stack([seed[0] * 48271 + i + 1, seed[1] + 1])
+    return ops.stack([seed[0] * 48271 + ops.cast(i, "int32") + 1, seed[1] + 1])

@@ -1,18 +1,13 @@
-"""TensorFlow: stateless random vectors and compiled functions.
-
-The autodiff primitives of the curvature products are below the random functions.
-"""
+"""TensorFlow: random vectors, compiled functions, autodiff (see `keras_dynloss.backend`)."""
 
 import tensorflow as tf
 
 
 def uniform(shape, seed, dtype):
-    """Entries uniform on [-1, 1), a function of `seed` (int32 (2,)) alone."""
     return tf.random.stateless_uniform(shape, seed=seed, minval=-1.0, maxval=1.0, dtype=dtype)
 
 
 def normal(shape, seed, dtype):
-    """Standard normal entries, a function of `seed` (int32 (2,)) alone."""
     return tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
 
 
@@ -22,15 +17,11 @@ def compile_function(fn, *, jit_compile=False):
 
 
 # -- autodiff primitives of the curvature products ----------------------------------------
-#
-# Same names and signatures in every backend module. `fn` maps `theta` (a tensor) to a
-# scalar (`value_and_grad`, `linearize_grad`) or to one tensor (`linearize`, `jacobian`).
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
 
 def value_and_grad(fn, theta):
-    """`(fn(theta), d fn / d theta)` for a scalar `fn`."""
     with tf.GradientTape() as tape:
         tape.watch(theta)
         value = fn(theta)
@@ -38,11 +29,8 @@ def value_and_grad(fn, theta):
 
 
 def linearize_grad(fn, theta):
-    """`(value, grad, hvp)`: `hvp(v) = H v`, `H` the Hessian of the scalar `fn` at `theta`.
-
-    The forward pass and the gradient are recorded once, on a persistent tape; each
-    `hvp(v)` is then one backward pass through the gradient (`output_gradients=v`).
-    """
+    """Forward pass and gradient recorded once on a persistent tape; `hvp(v)` is one backward
+    pass through the gradient (`output_gradients=v`)."""
     with tf.GradientTape(persistent=True) as outer:
         outer.watch(theta)
         with tf.GradientTape() as inner:
@@ -57,12 +45,8 @@ def linearize_grad(fn, theta):
 
 
 def linearize(fn, theta):
-    """`(out, jvp, vjp)`: `jvp(w) = J w`, `vjp(u) = J^T u`, `J = d fn / d theta` at `theta`.
-
-    The forward pass is recorded once. `vjp` is one backward pass; `jvp` is the transpose
-    of the linear map `u -> J^T u`, recorded once at `u = 0`: one backward pass through
-    the backward pass (the double-VJP trick, no forward-mode pass).
-    """
+    """Forward pass recorded once; `vjp` is one backward pass, `jvp` the transpose of
+    `u -> J^T u` recorded at `u = 0` (the double-VJP trick, no forward-mode pass)."""
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(theta)
         out = fn(theta)
@@ -82,7 +66,6 @@ def linearize(fn, theta):
 
 
 def jacobian(fn, theta):
-    """`(out, J)`, `J` of shape `out.shape + theta.shape` (vectorised VJPs)."""
     with tf.GradientTape() as tape:
         tape.watch(theta)
         out = fn(theta)

@@ -1,38 +1,26 @@
-"""PyTorch: stateless random vectors and compiled functions.
-
-The autodiff primitives of the curvature products are below the random functions.
-"""
+"""PyTorch: random vectors, compiled functions, autodiff (see `keras_dynloss.backend`)."""
 
 import numpy as np
 import torch
 from keras import ops
 
 
-def _generator(seed, device):
+def _random(sample, shape, seed, dtype):
     seed = np.asarray(ops.convert_to_numpy(seed), np.int64) % 2**32
+    device = ops.zeros(()).device
     generator = torch.Generator(device=device)
     # torch keeps 32 bits of a CPU seed: hash both words into them.
     generator.manual_seed(int(np.random.SeedSequence(seed.tolist()).generate_state(1)[0]))
-    return generator
-
-
-def _device():
-    return ops.zeros(()).device
+    return sample(tuple(shape), generator=generator, dtype=getattr(torch, str(dtype)),
+                  device=device)
 
 
 def uniform(shape, seed, dtype):
-    """Entries uniform on [-1, 1), a function of `seed` (int32 (2,)) alone."""
-    device = _device()
-    dtype = getattr(torch, str(dtype))
-    u = torch.rand(tuple(shape), generator=_generator(seed, device), dtype=dtype, device=device)
-    return 2.0 * u - 1.0
+    return 2.0 * _random(torch.rand, shape, seed, dtype) - 1.0
 
 
 def normal(shape, seed, dtype):
-    """Standard normal entries, a function of `seed` (int32 (2,)) alone."""
-    device = _device()
-    dtype = getattr(torch, str(dtype))
-    return torch.randn(tuple(shape), generator=_generator(seed, device), dtype=dtype, device=device)
+    return _random(torch.randn, shape, seed, dtype)
 
 
 def compile_function(fn, *, jit_compile=False):
@@ -42,9 +30,6 @@ def compile_function(fn, *, jit_compile=False):
 
 
 # -- autodiff primitives of the curvature products ----------------------------------------
-#
-# Same names and signatures in every backend module. `fn` maps `theta` (a tensor) to a
-# scalar (`value_and_grad`, `linearize_grad`) or to one tensor (`linearize`, `jacobian`).
 # Results are detached: the graph recorded here lives only in the returned closures.
 
 
@@ -60,7 +45,6 @@ def _grad(outputs, inputs, cotangent, **kwargs):
 
 
 def value_and_grad(fn, theta):
-    """`(fn(theta), d fn / d theta)` for a scalar `fn`."""
     theta = _leaf(theta)
     with torch.enable_grad():
         value = fn(theta)
@@ -69,11 +53,8 @@ def value_and_grad(fn, theta):
 
 
 def linearize_grad(fn, theta):
-    """`(value, grad, hvp)`: `hvp(v) = H v`, `H` the Hessian of the scalar `fn` at `theta`.
-
-    The forward pass and the gradient are recorded once (`create_graph=True`); each
-    `hvp(v)` is one backward pass through the gradient (`retain_graph=True`).
-    """
+    """Forward pass and gradient recorded once (`create_graph=True`); `hvp(v)` is one
+    backward pass through the gradient (`retain_graph=True`)."""
     theta = _leaf(theta)
     with torch.enable_grad():
         value = fn(theta)
@@ -87,11 +68,8 @@ def linearize_grad(fn, theta):
 
 
 def linearize(fn, theta):
-    """`(out, jvp, vjp)`: `jvp(w) = J w`, `vjp(u) = J^T u`, `J = d fn / d theta` at `theta`.
-
-    The forward pass is recorded once. `vjp` is one backward pass; `jvp` is the transpose
-    of `u -> J^T u`, recorded once at `u = 0`: one double-backward pass per product.
-    """
+    """Forward pass recorded once; `vjp` is one backward pass, `jvp` the transpose of
+    `u -> J^T u` recorded at `u = 0` (one double-backward pass per product)."""
     theta = _leaf(theta)
     with torch.enable_grad():
         out = fn(theta)
@@ -110,7 +88,6 @@ def linearize(fn, theta):
 
 
 def jacobian(fn, theta):
-    """`(out, J)`, `J` of shape `out.shape + theta.shape` (batched VJPs)."""
     theta = _leaf(theta)
     with torch.enable_grad():
         out = fn(theta)
