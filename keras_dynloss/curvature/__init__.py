@@ -9,20 +9,13 @@ density), one-call entry points, and probes during training (`CurvatureProbe`, a
 from keras_dynloss.curvature.errors import NotTwiceDifferentiableError
 from keras_dynloss.curvature.in_step import InStepProbe
 from keras_dynloss.curvature.lanczos import lanczos
-from keras_dynloss.curvature.operators import HessianOperator
-from keras_dynloss.curvature.operators import NTKOperator
-from keras_dynloss.curvature.operators import hessian_density
-from keras_dynloss.curvature.operators import hessian_eigenvalues
-from keras_dynloss.curvature.operators import hessian_trace
-from keras_dynloss.curvature.operators import ntk_eigenvalues
-from keras_dynloss.curvature.operators import ntk_gram
+from keras_dynloss.curvature.operators import (HessianOperator, NTKOperator, hessian_density,
+                                               hessian_eigenvalues, hessian_trace,
+                                               ntk_eigenvalues, ntk_gram)
 from keras_dynloss.curvature.probe import CurvatureProbe
-from keras_dynloss.curvature.results import DensityResult
-from keras_dynloss.curvature.results import EigenResult
-from keras_dynloss.curvature.results import LanczosDecomposition
-from keras_dynloss.curvature.results import TraceResult
-from keras_dynloss.curvature.trace import hutchinson_trace
-from keras_dynloss.curvature.trace import spectral_density
+from keras_dynloss.curvature.results import (DensityResult, EigenResult, LanczosDecomposition,
+                                             TraceResult)
+from keras_dynloss.curvature.trace import hutchinson_trace, spectral_density
 
 __all__ = ["CurvatureProbe", "InStepProbe", "HessianOperator", "NTKOperator",
            "NotTwiceDifferentiableError", "hessian_eigenvalues", "hessian_trace",

@@ -1,17 +1,13 @@
 """Data of curvature operators: one batch, or a dataset read once into memory.
 
-A curvature operator is a fixed matrix only if every product sees the same samples. A
-`tf.data.Dataset` that shuffles or augments at random would hand each product others, and
-an infinite one (`.repeat()`) would never finish a product. So an operator reads its data
-once, when it is built, and keeps the batches:
-
-* an `(x, y)` or `(x, y, sample_weight)` batch of arrays or tensors is one batch;
-* a dataset of such tuples is read to its end, or to `num_batches` batches; an infinite or
-  unknown-length one is refused without `num_batches`; a shuffled one thereby gives one
-  fixed operator, that of the batches drawn at construction.
+A curvature operator is a fixed matrix only if every product sees the same samples, and a
+shuffling, augmenting or infinite `tf.data.Dataset` would not give them. So an operator
+reads its data once, when it is built: an `(x, y[, sample_weight])` batch of arrays or
+tensors is one batch; a dataset of them is read to its end or to `num_batches` batches (an
+infinite or unknown-length one is refused without `num_batches`).
 
 Example:
-    >>> batches = read_batches(dataset.take(4))     # [(x, y, sample_weight or None, N)]
+    >>> batches = read_batches(dataset.take(4))     # [(x, y, sample_weight or None)]
 """
 
 import sys
@@ -35,22 +31,27 @@ def num_rows(x):
     return int(keras.tree.flatten(x)[0].shape[0])
 
 
+def is_dataset(data):
+    """Whether `data` is a `tf.data.Dataset` (without importing TensorFlow)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
+
+
 def _batch(element):
-    """`(x, y, sample_weight or None, N)` of one `(x, y[, sample_weight])` element."""
+    """`(x, y, sample_weight or None)` of one `(x, y[, sample_weight])` element."""
     if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
         raise _checks.invalid("data", "an (x, y[, sample_weight]) batch or a tf.data.Dataset "
                               "of them", f"<{type(element).__name__}>")
     x, y, sw = [as_tensors(t) for t in (*element, None)[:3]]
     if not keras.tree.flatten(x)[0].shape or num_rows(x) < 1:
         raise _checks.invalid("data", "a non-empty batch", element)
-    return x, y, sw, num_rows(x)
+    return x, y, sw
 
 
 def read_batches(data, num_batches=None):
-    """Reads `data` once: a list of `(x, y, sample_weight or None, N)` (see the module)."""
+    """Reads `data` once: a list of `(x, y, sample_weight or None)` (see the module)."""
     num_batches = _checks.check_int("num_batches", num_batches, minimum=1, allow_none=True)
-    tf = sys.modules.get("tensorflow")
-    if tf is None or not isinstance(data, tf.data.Dataset):
+    if not is_dataset(data):
         if num_batches is not None:
             raise _checks.invalid("num_batches", "None for one (x, y) batch", num_batches)
         return [_batch(data)]

@@ -1,13 +1,10 @@
 """Curvature products across the replicas of a one-machine `tf.distribute.MirroredStrategy`.
 
 With R > 1 replicas the batch's N rows are split into R contiguous shards (sizes
-differing by at most one), each recorded on its replica's device:
-
-* Hessian / Gauss-Newton: `A v = sum_r N_r A_r v / N`, `A_r` the operator of shard r's
-  mean loss: exactly the whole batch's operator for a loss averaged over samples (sample
-  weights included); added losses enter every shard whole, with weights summing to 1;
-* NTK: `J^T U = sum_r J_r^T U_r` (each replica's VJP on its rows, summed), then
-  `J w = concat_r J_r w` (shard r on replica r).
+differing by at most one), each recorded on its replica's device. Hessian / Gauss-Newton:
+`A v = sum_r N_r A_r v / N`, `A_r` the operator of shard r's mean loss, exact for a loss
+averaged over samples (added losses enter every shard whole, weights summing to 1). NTK:
+each replica's VJP on its rows, summed, then each replica's JVP (`ntk_pieces_matvec`).
 
 Products are placed with `tf.device` from cross-replica context, not `strategy.run`:
 inside a replica context Keras divides mean losses by the number of replicas. With
@@ -68,11 +65,7 @@ def sharded_curvature_fn(fn, devices):
                     terms.append(weight * lin(v))
             return tf.add_n(terms)
 
-        def mean(field):
-            items = [(w, getattr(lin, field)) for _, w, lin in parts]
-            return None if any(t is None for _, t in items) else tf.add_n([w * t for w, t in items])
-
-        return products.Linearized(matvec, mean("value"), mean("gradient"))
+        return products.Linearized(matvec)
 
     return sharded
 

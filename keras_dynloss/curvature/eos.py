@@ -11,10 +11,10 @@ threshold; `eos_ratio = lambda / threshold` is 1 at the edge of stability (Cohen
 | `Adam` / `AdamW(eta, beta_1)` | `lambda_max(P^-1 H)` | `lambda eta (1-b1) / (2+2b1)` |
 
 At `eta = 0` (a warmup's start) no update is taken: NaN. Adam's `P = diag(sqrt(v_hat) +
-eps_hat)` comes from Keras's second moments `v` (their running maximum with amsgrad) after
-`t = optimizer.iterations` updates, `v_hat = v / (1 - beta_2^t)`, `eps_hat = eps /
-sqrt(1 - beta_2^t)`, as Keras applies them; `lambda_max(P^-1 H)` is that of the symmetric
-`P^-1/2 H P^-1/2`, NaN before the first update. AdamW's weight decay does not enter.
+eps_hat)` is Keras's after `t = optimizer.iterations` updates (second moments `v`, their
+running maximum with amsgrad; `v_hat = v / (1 - beta_2^t)`, `eps_hat = eps / sqrt(1 -
+beta_2^t)`); `lambda_max(P^-1 H)` is that of `P^-1/2 H P^-1/2`, NaN before the first update.
+AdamW's weight decay does not enter.
 
 Example:
     >>> ratio(keras.optimizers.SGD(0.1, momentum=0.9), 30.0)   # 30 * 0.1 / 3.8
@@ -27,7 +27,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dynloss import _compat
 
 
 def unwrap(optimizer):
@@ -64,16 +63,10 @@ def ratio(optimizer, curvature, rate=None):
     return curvature * eta * (1.0 - beta_1) / (2.0 + 2.0 * beta_1)
 
 
-def second_moments(optimizer, variables):
-    """Adam's second-moment slots of `variables` (their current values, a list)."""
-    optimizer = unwrap(optimizer)
-    return [ops.convert_to_tensor(s) for s in _compat.adam_second_moments(optimizer, variables)]
-
-
 def inverse_sqrt_preconditioner(optimizer, moments, step, dtype):
-    """`P^-1/2` (n,) in `dtype` from the slot values `moments` after `step` (>= 1) updates;
-    the slots are flattened in order (the order of the flat parameters)."""
-    optimizer = unwrap(optimizer)
+    """`P^-1/2` (n,) in `dtype` from the values `moments` of Adam's second-moment slots
+    (`_compat.adam_second_moments`, in the order of the flat parameters) after `step` (>= 1)
+    updates."""
     t = ops.cast(ops.maximum(step, 1), dtype)
     correction = 1.0 - ops.power(ops.convert_to_tensor(float(optimizer.beta_2), dtype), t)
     v = ops.concatenate([ops.reshape(ops.cast(m, dtype), (-1,)) for m in moments])

@@ -1,24 +1,16 @@
 """A Keras model's outputs and loss as pure functions of one flat parameter vector.
 
-`theta` (n,) holds every trainable variable of the model, in `model.trainable_variables`
-order, each flattened row-major, in the widest of their dtypes. A curvature operator acts
-on a *block* (m,) of it: the variables chosen with `variables=` (all by default), in the
-same order. The others keep their values in `theta`, so the operator is the diagonal
-block of the full one for the chosen parameters.
-
-The forward pass is `model.stateless_call` on the values in `theta` and the non-trainable
-values passed as arguments: nothing is read from the model's variables inside, and the
-updated state it returns (BatchNorm statistics, seeds) is dropped. The same function runs
-under `tf.function`, `jax.jit`, eager torch and inside a training step, and never changes
-the model.
+`theta` (n,) holds every trainable variable in `model.trainable_variables` order, each
+flattened row-major. An operator acts on a *block* (m,) of it, the variables chosen with
+`variables=`; the others keep their values (the diagonal block of the full operator). The
+forward pass is `model.stateless_call` on `theta` and the non-trainable values passed in,
+its updated state dropped: it runs in any graph or eagerly and never changes the model.
 
 Example:
     >>> flat = FlatParameters(model, variables=[model.layers[-1]])
     >>> theta, state = flat.read(), flat.non_trainable()
     >>> value = flat.loss(keras.losses.MeanSquaredError(), theta, state, x, y)
 """
-
-import contextlib
 
 import keras
 import numpy as np
@@ -118,31 +110,24 @@ class FlatParameters:
                 pieces[i], start = block[start:stop], stop
         return [ops.cast(ops.reshape(p, s), d) for p, s, d in zip(pieces, self.shapes, self.dtypes)]
 
-    @contextlib.contextmanager
-    def full_precision(self):
-        """Every mixed-precision layer computes in its variable dtype meanwhile.
-
-        Under `mixed_float16` / `mixed_bfloat16` a layer keeps float32 variables but computes
-        in 16 bits, where second derivatives lose about three digits. Products are traced
-        with each such layer's policy set to its variable dtype, restored on exit.
-        """
-        for layer, policy in self._mixed:
-            layer.dtype_policy = policy.variable_dtype
-        try:
-            yield
-        finally:
-            for layer, policy in self._mixed:
-                layer.dtype_policy = policy
-
     def forward(self, theta, non_trainable, x, *, block=None, training=False,
                 return_losses=False):
         """The model's outputs on `x` at `theta` (and `block`); with `return_losses` also the
-        list of its added losses (regularisers), each cast to `dtype`."""
+        list of its added losses (regularisers), each cast to `dtype`.
+
+        A mixed-precision layer (float32 variables, 16-bit compute, where second derivatives
+        lose about three digits) computes in its variable dtype meanwhile.
+        """
         takes_training = "training" in self.model.call_signature_parameters
         kwargs = {"training": training} if takes_training else {}
-        with self.full_precision():
+        for layer, policy in self._mixed:
+            layer.dtype_policy = policy.variable_dtype
+        try:
             result = self.model.stateless_call(self.values(theta, block), list(non_trainable), x,
                                                return_losses=return_losses, **kwargs)
+        finally:
+            for layer, policy in self._mixed:
+                layer.dtype_policy = policy
         if not return_losses:
             return result[0]
         return result[0], [ops.cast(item, self.dtype) for item in result[2]]

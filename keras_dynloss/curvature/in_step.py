@@ -3,22 +3,19 @@
 The plug-in contract: a training step calls `in_step.maybe_probe()`, with no arguments,
 where the parameters are those of step `optimizer.iterations` (the spiral runner: before
 each update and after the last). At a multiple of `every_n_steps` not yet probed, the
-probe's `program.Program.fn` (Lanczos, warm start, tolerance and seeds as in the callback)
-runs there on the fixed batch, its results into a row of preallocated buffers. Nothing is
-read back until `flush()` (at every epoch end with `in_step` in `callbacks`) records the
-rows into the probe's `history` (or CSV), TensorBoard and `logs`, and empties the buffers.
+probe's `program.Program.fn` runs there on the fixed batch, its results into a row of
+preallocated buffers; `flush()` records the rows into the probe's `history` (or CSV),
+TensorBoard and `logs`, and empties the buffers.
 
 * TensorFlow: graph code in the compiled step (one XLA computation with `jit_compile`).
-* JAX: call it inside a `keras.StatelessScope` mapping every variable of the model
-  (trainable, non-trainable, optimizer, metrics) to the step's values, and carry the new
-  values of the metrics variables out of the step, as Keras's trainers do: the buffers,
-  warm starts and counters are the variables of a `keras.metrics.Metric` attached to the
-  model (`ProbeState`), written by plain `assign`s of values computed functionally.
+* JAX: call it inside a `keras.StatelessScope` mapping every variable of the model to the
+  step's values, and carry the new values of the metrics variables out of the step, as
+  Keras's trainers do: the buffers, warm starts and counters are the variables of a
+  `keras.metrics.Metric` attached to the model (`ProbeState`), written by `assign`s.
 * PyTorch: it runs eagerly.
 
 Memory: `capacity + 1` rows of a few numbers (a step that does not probe writes the last,
-scratch row) and one warm start per Lanczos target. A probe due while the buffers are full
-is not taken: it is counted, and the next `flush` raises.
+scratch row) and one warm start per Lanczos target.
 """
 
 import keras
@@ -33,10 +30,8 @@ from keras_dynloss.curvature.program import filled, xla_cpu_warning
 
 
 class ProbeState(keras.metrics.Metric):
-    """The variables of an `InStepProbe` (in `model.metrics_variables`, which every trainer
-    carries through the step; never reset, logs nothing): buffers of `capacity + 1` rows
-    shaped as `spec` (`program.Program.spec`), warm starts of `sizes`, counters (rows since
-    the flush, due probes missed, probes taken) and `last`, the step last probed (-1: none)."""
+    """The variables of an `InStepProbe`, in `model.metrics_variables` (which every trainer
+    carries through the step); never reset, logs nothing."""
 
     def __init__(self, spec, sizes, capacity, last=-1):
         super().__init__(name="in_step_probe")
@@ -46,7 +41,8 @@ class ProbeState(keras.metrics.Metric):
                                      initializer=keras.initializers.Constant(value),
                                      aggregation="only_first_replica")
 
-        rows = (capacity + 1,)
+        rows = (capacity + 1,)  # the last: scratch
+        # rows since the flush, due probes missed, probes taken, the step last probed
         self.count, self.missed, self.total = (add(n, (), "int32") for n in ("count", "missed",
                                                                             "total"))
         self.last = add("last", (), "int32", last)
@@ -86,7 +82,8 @@ class InStepProbe(keras.callbacks.Callback):
         probe: a `CurvatureProbe` with `every_n_steps` and a fixed batch `(x, y)`; its
             options apply and its `history` receives the values.
         capacity: the most probes between two flushes (an epoch's, with `in_step` in
-            `callbacks`), e.g. `steps_per_epoch // every_n_steps + 2`.
+            `callbacks`), e.g. `steps_per_epoch // every_n_steps + 2`. A probe due while the
+            buffers are full is not taken: it is counted, and the next `flush` raises.
 
     Use: `in_step.build(model)` after `compile` (before the compiled step is traced; after
     the loss's schedule is final), `in_step.maybe_probe()` in the training step, and
@@ -115,10 +112,8 @@ class InStepProbe(keras.callbacks.Callback):
         program = self.probe.build_for(model)
         if program is self._program:
             return
-        if backend.name() == "jax" or (backend.name() == "tensorflow" and model.jit_compile):
-            message = xla_cpu_warning(model, "the model's jit-compiled training step")
-            if message:
-                self.probe._warn_once("xla-cpu", message)
+        self.probe._warn_once("xla-cpu", xla_cpu_warning(
+            model, model.jit_compile, "the model's jit-compiled training step"))
         self._program, self._optimizer = program, self.probe.optimizer_in_use()
         start = int(ops.convert_to_numpy(self._optimizer.iterations))
         self._state = ProbeState(program.spec, program.sizes, self.capacity,
@@ -175,11 +170,7 @@ class InStepProbe(keras.callbacks.Callback):
 
     def flush(self):
         """Records the buffered probes into the probe's `history` and empties the buffer;
-        returns the last values.
-
-        Raises:
-            ValueError: due probes found the buffer full (`capacity` too small).
-        """
+        returns the last values. Raises `ValueError` if due probes found the buffer full."""
         if self._state is None:
             return {}
         model = self._program.flat.model

@@ -1,13 +1,11 @@
 """Lanczos on a symmetric operator `v -> A v`, written once on `keras.ops`.
 
 `m` steps from a unit `q_0` build orthonormal rows `Q` (m, n) of the Krylov space
-`span{q_0, A q_0, ..., A^{m-1} q_0}` and the tridiagonal `T = Q A Q^T`, with
-`A q_j = beta_{j-1} q_{j-1} + alpha_j q_j + beta_j q_{j+1}`. A step (`lanczos_step`) is one
-product, two projections on the basis and, with a tolerance, one `eigh` of `T`. It has two
-drivers: `lanczos_loop`, an `ops.while_loop` for graphs (`tf.function`, XLA, `jax.jit`;
-eager on PyTorch), and a Python loop for any callable, NumPy included (`lanczos_tridiagonal`,
-`lanczos`). Arithmetic is in `krylov_dtype()`, with `ops.einsum` for products: on PyTorch,
-Keras's `matmul`, `dot`, `maximum` and `norm` return float32 for float64 inputs.
+`span{q_0, A q_0, ..., A^{m-1} q_0}` and the tridiagonal `T = Q A Q^T`. One step
+(`lanczos_step`) has two drivers: `lanczos_loop`, an `ops.while_loop` for graphs
+(`tf.function`, XLA, `jax.jit`; eager on PyTorch), and a Python loop for any callable, NumPy
+included (`lanczos_tridiagonal`, `lanczos`). Arithmetic is in `krylov_dtype()`, products with
+`ops.einsum` (on PyTorch Keras's `matmul`, `dot` and `norm` return float32 for float64).
 """
 
 import collections
@@ -17,8 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dynloss import _checks
-from keras_dynloss import backend
+from keras_dynloss import _checks, backend
 from keras_dynloss.curvature.results import EigenResult, LanczosDecomposition
 
 #: A run of `lanczos_loop` (tensors). `alphas`, `betas` (m,): `betas[j]` is the residual
@@ -33,7 +30,6 @@ def krylov_dtype():
     """The dtype of the Krylov arithmetic: "float64"; "float32" on JAX without x64."""
     if backend.name() == "jax":
         import jax
-
         if not jax.config.jax_enable_x64:
             return "float32"
     return "float64"
@@ -131,11 +127,10 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
         start: tensor `(n,)`, nonzero (normalised here).
         order: the most steps `m` (a Python int; the basis is `(m, n)`).
         tol: `None` (run `order` steps, or to a breakdown without `restart`) or a relative
-            residual: stop once each of the top-`k` Ritz pairs has
-            `beta_j |s_i[j]| <= tol |theta_i|`, after at least `max(k, min_steps)` steps (a
-            breakdown meets it: the Ritz pairs are then exact).
+            residual: stop once each of the top-`k` Ritz pairs has `beta_j |s_i[j]| <= tol
+            |theta_i|` (so does a breakdown: the Ritz pairs are then exact).
         k: the number of top Ritz pairs the tolerance watches, `<= order`.
-        min_steps: never stop on the tolerance before this many steps.
+        min_steps: never stop on the tolerance before `max(k, min_steps)` steps.
         restart: after a breakdown, go on from a random vector orthogonal to the basis.
         seed: seed of the restart vectors, an int or an int32 tensor `(2,)`.
 
@@ -160,10 +155,8 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
 
 
 def ritz(run, k=1):
-    """The top-`k` Ritz pairs of a `LanczosRun`, largest first.
-
-    For `T_steps s_i = theta_i s_i`, the Ritz vector `u_i = Q^T s_i` has residual
-    `||A u_i - theta_i u_i|| = beta_{steps-1} |s_i[steps-1]|` (no product needed).
+    """The top-`k` Ritz pairs of a `LanczosRun`, largest first: for `T_steps s_i = theta_i s_i`,
+    `u_i = Q^T s_i` has residual `||A u_i - theta_i u_i|| = beta_{steps-1} |s_i[steps-1]|`.
 
     Returns:
         `(values (k,), residuals (k,), vectors (n, k))` tensors; NaN values and residuals
@@ -178,10 +171,6 @@ def ritz(run, k=1):
     nan = ops.full((k,), np.nan, run.alphas.dtype)
     return (ops.where(real, theta[:k], nan), ops.where(real, residuals, nan),
             ops.einsum("mn,mk->nk", run.basis, s))
-
-
-def _python_branch(pred, true_fn, false_fn):
-    return true_fn() if bool(ops.convert_to_numpy(pred)) else false_fn()
 
 
 def _check_operator(matvec, size, seed):
@@ -203,10 +192,8 @@ def _host_matvec(matvec, size):
 
 def lanczos_tridiagonal(matvec, size, *, order, seed=0, start=None, keep_basis=True,
                         restart_on_breakdown=True, warn_on_breakdown=True):
-    """`order` Lanczos steps of any callable, driven from Python.
-
-    Builds `Q` (n, m) with orthonormal columns and the tridiagonal `T = Q^T A Q`; at `m = n`,
-    `A = Q T Q^T`. A breakdown (an invariant subspace) is reported with `warnings.warn`.
+    """`order` Lanczos steps of any callable, driven from Python: `Q` (n, m) and `T = Q^T A Q`
+    (at `m = n`, `A = Q T Q^T`). A breakdown is reported with `warnings.warn`.
 
     Args:
         matvec: `v -> A v` on NumPy float64 vectors `(n,)` (an array or tensor out).
@@ -240,7 +227,7 @@ def lanczos_tridiagonal(matvec, size, *, order, seed=0, start=None, keep_basis=T
     state = _start(start, order)
     while bool(ops.convert_to_numpy(_continues(state, order))):
         state = lanczos_step(apply, state, order=order, restart=restart_on_breakdown, seed=seed,
-                             branch=_python_branch)
+                             branch=lambda pred, yes, no: yes() if bool(pred) else no())
     steps, breakdowns = int(state.steps), int(state.breakdowns)
     if breakdowns and warn_on_breakdown:
         then = ("went on from a random vector orthogonal to the basis" if restart_on_breakdown
@@ -259,19 +246,19 @@ def lanczos(matvec, size, *, k=1, order=None, which="largest", tol=1e-4, seed=0,
             return_eigenvectors=False):
     """`k` extreme eigenvalues of a symmetric operator by Lanczos (`lanczos_tridiagonal`).
 
-    The Ritz pairs `(theta_i, Q s_i)` of `T s_i = theta_i s_i` have residuals
-    `||A u_i - theta_i u_i|| = beta_m |s_i[m-1]|` (no extra product).
-
     Args:
-        matvec, size, seed, start: as in `lanczos_tridiagonal`.
+        matvec: `v -> A v` on NumPy float64 vectors `(n,)`.
+        size: `n`.
         k: the number of eigenvalues, `1 <= k <= n`.
         order: steps `m` (products), `k <= m <= n`; default `min(n, max(2k + 10, 20))`.
         which: `"largest"` (algebraic), `"smallest"` or `"magnitude"` (largest `|theta|`).
         tol: the relative residual under which the result counts as converged.
+        seed: seed of the random start vector, an int >= 0.
+        start: optional start vector `(n,)`.
         return_eigenvectors: also return the Ritz vectors `(n, k)`.
 
     Returns:
-        An `EigenResult`, eigenvalues `(k,)` largest first.
+        An `EigenResult`, eigenvalues `(k,)` largest first, residuals as in `ritz`.
 
     Example:
         >>> a = np.diag(np.r_[np.linspace(0.0, 1.0, 48), 5.0, 10.0])

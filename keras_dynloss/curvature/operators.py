@@ -3,30 +3,26 @@
 An operator is a callable `v -> A v` on the block (m,) of the chosen trainable parameters
 (see `flat`): NumPy in, NumPy out of the same dtype; tensor in, tensor out; one compiled
 call a product (`products`), in the parameters' dtype (float32 under mixed precision).
-Nothing here changes the model, its BatchNorm statistics or its optimizer. Data is read
-once, when an operator is built (`data.read_batches`): `L = sum_b N_b L_b / sum_b N_b`.
+Nothing here changes the model, its BatchNorm statistics or its optimizer. Over the
+batches read once (`data`), `L = sum_b N_b L_b / sum_b N_b`.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_dynloss import _checks
-from keras_dynloss import backend
+from keras_dynloss import _checks, backend
 from keras_dynloss.curvature import products
-from keras_dynloss.curvature.data import as_tensors
-from keras_dynloss.curvature.data import num_rows
-from keras_dynloss.curvature.data import read_batches
+from keras_dynloss.curvature.data import as_tensors, num_rows, read_batches
+from keras_dynloss.curvature.errors import compile_guarded
 from keras_dynloss.curvature.flat import FlatParameters
 from keras_dynloss.curvature.lanczos import lanczos
 from keras_dynloss.curvature.results import EigenResult
-from keras_dynloss.curvature.trace import hutchinson_trace
-from keras_dynloss.curvature.trace import spectral_density
+from keras_dynloss.curvature.trace import hutchinson_trace, spectral_density
 
 #: `ntk_eigenvalues(algorithm="auto")` forms the Jacobian only up to this many bytes
 #: (`8 N K m`, float64); above, it runs matrix-free Lanczos.
 DENSE_NTK_MAX_BYTES = 2**28
-_OPTIONS = ("variables", "operator", "num_batches", "training", "include_regularization")
 
 
 def _at_model_step(model, loss):
@@ -38,29 +34,12 @@ def _at_model_step(model, loss):
     return loss
 
 
-def _compiled(flat, fn, x, training):
-    """`fn` compiled for the backend, TensorFlow's missing second derivatives named."""
-    fn = backend.get().compile_function(fn)
-    if backend.name() == "tensorflow":
-        from keras_dynloss.curvature.errors import guard
-        fn = guard(flat, fn, x, training=training)
-    return fn
-
-
-def _replicas(model):
+def replicas(model):
     """The devices of a multi-replica MirroredStrategy holding `model` (TensorFlow), or None."""
     if backend.name() == "tensorflow":
         from keras_dynloss.curvature.distributed import replica_devices
         return replica_devices(model)
     return None
-
-
-def _mean(results):
-    """`sum_b N_b r_b / sum_b N_b` over `[(N_b, r_b)]` (a lone result as it is)."""
-    if len(results) == 1:
-        return results[0][1]
-    total = sum(n * ops.convert_to_numpy(r).astype(np.float64) for n, r in results)
-    return total / sum(n for n, _ in results)
 
 
 class _Operator:
@@ -71,10 +50,7 @@ class _Operator:
     def __call__(self, v):
         """`A v` for v (size,): a NumPy array (float64 unless float32) or a tensor, returned
         alike."""
-        is_tensor = ops.is_tensor(v)
-        if is_tensor:
-            v_dtype = keras.backend.standardize_dtype(v.dtype)
-        else:
+        if not ops.is_tensor(v):
             v = np.asarray(v)
             v = v if v.dtype == np.float32 else v.astype(np.float64)
         if tuple(v.shape) != (self.size,):
@@ -82,8 +58,8 @@ class _Operator:
                                   f"<shape {tuple(v.shape)}>")
         self.num_matvecs += 1
         out = self._product(ops.cast(ops.convert_to_tensor(v), self.dtype))
-        if is_tensor:
-            return ops.cast(out, v_dtype)
+        if ops.is_tensor(v):
+            return ops.cast(out, v.dtype)
         return np.asarray(ops.convert_to_numpy(out), v.dtype)
 
     def dense(self):
@@ -94,16 +70,18 @@ class _Operator:
 
 class HessianOperator(_Operator):
     """`v -> A v`: the Hessian `H = d^2 L / d theta^2` or the generalised Gauss-Newton
-    `G = J^T H_out J (+ the Hessian of the added losses)` of a model's loss (`products`).
+    `G = J^T H_out J (+ the Hessian of the added losses)` of `L = loss(y, f(x; theta)) (+ the
+    model's added losses)`, `J = d f / d theta`, `H_out = d^2 loss / d f^2` (`products`).
 
     Args:
         model: a built `keras.Model`.
         loss: `loss(y, outputs[, sample_weight])`, e.g. a `keras.losses.Loss`; a dynamical
             loss bound to no step is taken at the model's optimizer step.
         data: an `(x, y[, sample_weight])` batch or a `tf.data.Dataset` of them, read once
-            (`data.read_batches`); `num_batches`: use its first batches only.
+            (`data.read_batches`).
         variables: None (every trainable variable) or variables and/or layers: the block.
         operator: `"hessian"` or `"gauss_newton"`.
+        num_batches: read only the first batches of a dataset.
         training: run the model in training mode (Dropout, BatchNorm batch statistics).
         include_regularization: add the model's added losses (`model.losses`) to `L`.
         micro_batch_size: sub-batch size dividing every batch (`products`); None: whole.
@@ -124,31 +102,38 @@ class HessianOperator(_Operator):
                           "include_regularization", include_regularization))
         self.flat = flat = FlatParameters(model, variables)
         self.loss = loss = _at_model_step(model, loss)
-        self._batches = read_batches(data, num_batches)
-        self.batches = [batch[:3] for batch in self._batches]
+        self.batches = read_batches(data, num_batches)
+        self._rows = [num_rows(x) for x, _, _ in self.batches]
         fn = products.curvature_fn(flat, loss, operator=operator,
                                    micro_batch_size=micro_batch_size, **kwargs)
-        for x, *_ in self._batches:  # micro_batch_size must divide every batch
+        for x, _, _ in self.batches:  # micro_batch_size must divide every batch
             products.sub_batches(x, micro_batch_size)
-        if _replicas(model):
+        if replicas(model):
             from keras_dynloss.curvature.distributed import sharded_curvature_fn
-            fn = sharded_curvature_fn(fn, _replicas(model))
-        x0 = self._batches[0][0]
-        self._matvec = _compiled(flat, lambda t, s, v, x, y, sw: fn(t, s, x, y, sw)(v), x0,
-                                 training)
-        self._gradient = _compiled(flat, products.gradient_fn(flat, loss, **kwargs), x0, training)
+            fn = sharded_curvature_fn(fn, replicas(model))
+        x0 = self.batches[0][0]
+        self._matvec = compile_guarded(flat, lambda t, s, v, x, y, sw: fn(t, s, x, y, sw)(v),
+                                       x0, training=training)
+        self._gradient = compile_guarded(flat, products.gradient_fn(flat, loss, **kwargs), x0,
+                                         training=training)
         self.size, self.dtype, self.num_matvecs = flat.size, flat.dtype, 0
+
+    def _mean(self, results):
+        """`sum_b N_b r_b / sum_b N_b` over the batches' results (a lone one as it is)."""
+        if len(results) == 1:
+            return results[0]
+        numpy = [np.asarray(ops.convert_to_numpy(r), np.float64) for r in results]
+        return sum(n * r for n, r in zip(self._rows, numpy)) / sum(self._rows)
 
     def _product(self, v):
         theta, state = self.flat.read(), self.flat.non_trainable()
-        return _mean([(n, self._matvec(theta, state, v, x, y, sw))
-                      for x, y, sw, n in self._batches])
+        return self._mean([self._matvec(theta, state, v, *batch) for batch in self.batches])
 
     def gradient(self):
         """`(grad L, L)`: a NumPy float64 array (m,) and a float."""
         theta, state = self.flat.read(), self.flat.non_trainable()
-        results = [(n, self._gradient(theta, state, x, y, sw)) for x, y, sw, n in self._batches]
-        value, grad = [np.asarray(ops.convert_to_numpy(_mean([(n, r[i]) for n, r in results])),
+        results = [self._gradient(theta, state, *batch) for batch in self.batches]
+        value, grad = [np.asarray(ops.convert_to_numpy(self._mean([r[i] for r in results])),
                                   np.float64) for i in (0, 1)]
         return grad, float(value)
 
@@ -160,8 +145,12 @@ class NTKOperator(_Operator):
     rows `i*K + c`; `J_c[i] = d f_c(x_i) / d theta` (the outputs flattened to K channels).
     Each product records the forward pass once and runs the K channels on it.
 
-    Args: `model` (built), `x` (N inputs), `trace_outputs` (traced or full kernel),
-    `training` and `variables` as in `HessianOperator`.
+    Args:
+        model: a built `keras.Model`.
+        x: N inputs.
+        trace_outputs: the traced kernel (N, N), else the full one (N*K, N*K).
+        training: run the model in training mode.
+        variables: None (every trainable variable) or variables and/or layers: the block.
 
     Attributes: `size` (N or N*K), `num_samples` (N), `num_outputs` (K), `dtype`,
     `num_matvecs`.
@@ -179,13 +168,14 @@ class NTKOperator(_Operator):
         self.x = as_tensors(x)
         self.num_samples, self.num_outputs = num_rows(self.x), flat.num_outputs(self.x)
         self.size = self.num_samples * (1 if trace else self.num_outputs)
-        if _replicas(model):
+        if replicas(model):
             from keras_dynloss.curvature.distributed import sharded_ntk_fn
-            fn = sharded_ntk_fn(flat, _replicas(model), trace_outputs=trace, training=training)
+            fn = sharded_ntk_fn(flat, replicas(model), trace_outputs=trace, training=training)
         else:  # JAX: unrolled channels (XLA's CPU backend runs convolutions in loops slowly)
             fn = products.ntk_fn(flat, trace_outputs=trace, training=training,
                                  unroll_outputs=backend.name() == "jax")
-        self._fn = _compiled(flat, lambda t, s, u, x: fn(t, s, x)(u), self.x, training)
+        self._fn = compile_guarded(flat, lambda t, s, u, x: fn(t, s, x)(u), self.x,
+                                   training=training)
         self.dtype, self.num_matvecs = flat.dtype, 0
 
     def _product(self, u):
@@ -196,8 +186,8 @@ class NTKOperator(_Operator):
         at a time (default all)."""
         step = _checks.check_int("batch_size", batch_size, minimum=1, allow_none=True)
         step = step or self.num_samples
-        jacobian = products.jacobian_fn(self.flat, training=self.training)
-        jacobian = _compiled(self.flat, jacobian, self.x, self.training)
+        jacobian = compile_guarded(self.flat, products.jacobian_fn(
+            self.flat, training=self.training), self.x, training=self.training)
         theta, state = self.flat.read(), self.flat.non_trainable()
         j = np.concatenate([ops.convert_to_numpy(jacobian(theta, state, keras.tree.map_structure(
             lambda a: a[i:i + step], self.x))) for i in range(0, self.num_samples, step)])
@@ -209,83 +199,74 @@ class NTKOperator(_Operator):
 
 
 def hessian_eigenvalues(model, loss, data, k=1, *, order=None, tol=1e-4, which="largest",
-                        seed=0, variables=None, operator="hessian", num_batches=None,
-                        training=False, include_regularization=True, return_eigenvectors=False):
+                        seed=0, return_eigenvectors=False, **options):
     """`k` extreme eigenvalues of the loss Hessian (or Gauss-Newton matrix) by Lanczos.
 
-    Args: `model`, `loss`, `data`, `variables`, `operator`, `num_batches`, `training`,
-    `include_regularization` as in `HessianOperator`; `k`, `order` (Lanczos steps, default
-    `min(m, max(2k + 10, 20))`), `tol`, `which` (`"largest"`, `"smallest"`, `"magnitude"`),
-    `seed`, `return_eigenvectors` as in `lanczos.lanczos`.
+    `model`, `loss`, `data` and the keyword `options` (`variables`, `operator`, `num_batches`,
+    `training`, ...) are those of `HessianOperator`; `k`, `order` (Lanczos steps), `tol`,
+    `which`, `seed` and `return_eigenvectors` those of `lanczos.lanczos`.
 
     Returns an `EigenResult`, eigenvalues (k,) largest first (eigenvectors (m, k) if asked).
     Example:
         >>> hessian_eigenvalues(model, model.loss, (x, y), k=3).eigenvalues
     """
-    op = HessianOperator(model, loss, data, **{k: v for k, v in locals().items() if k in _OPTIONS})
+    op = HessianOperator(model, loss, data, **options)
     return lanczos(op, op.size, k=k, order=order, which=which, tol=tol, seed=seed,
                    return_eigenvectors=return_eigenvectors)
 
 
 def hessian_trace(model, loss, data, *, num_samples=100, distribution="rademacher", seed=0,
-                  variables=None, operator="hessian", num_batches=None, training=False,
-                  include_regularization=True):
+                  **options):
     """Hutchinson's estimate of `tr(H) = E[z^T H z]` from `num_samples` products with
     `"rademacher"` or `"gaussian"` probes; the rest as in `hessian_eigenvalues`.
 
     Returns a `TraceResult` (`.trace`, `.stderr`). Example:
         >>> hessian_trace(model, loss, (x, y), num_samples=50).trace
     """
-    op = HessianOperator(model, loss, data, **{k: v for k, v in locals().items() if k in _OPTIONS})
+    op = HessianOperator(model, loss, data, **options)
     return hutchinson_trace(op, op.size, num_samples=num_samples, distribution=distribution,
                             seed=seed)
 
 
 def hessian_density(model, loss, data, *, num_vectors=8, order=30, sigma=None, grid=None,
-                    num_points=512, seed=0, variables=None, operator="hessian", num_batches=None,
-                    training=False, include_regularization=True):
+                    num_points=512, seed=0, **options):
     """Spectral density of the Hessian by stochastic Lanczos quadrature, `num_vectors` runs
     of `order` products (`trace.spectral_density`); the rest as in `hessian_eigenvalues`.
 
     Returns a `DensityResult` (`.grid`, `.density`, `.nodes`, `.weights`). Example:
         >>> res = hessian_density(model, loss, (x, y), order=40)
     """
-    op = HessianOperator(model, loss, data, **{k: v for k, v in locals().items() if k in _OPTIONS})
+    op = HessianOperator(model, loss, data, **options)
     return spectral_density(op, op.size, num_vectors=num_vectors, order=order, sigma=sigma,
                             grid=grid, num_points=num_points, seed=seed)
 
 
-def ntk_gram(model, x, *, trace_outputs=True, training=False, batch_size=None, variables=None):
-    """The empirical NTK from the explicit Jacobian `J[i, c] = d f_c(x_i) / d theta`: traced
-    `Theta[i, j] = sum_c J[i, c] . J[j, c]` (N, N), full `Theta[i*K + c, j*K + d] = J[i, c] .
-    J[j, d]` (N*K, N*K); arguments as in `NTKOperator`, `batch_size` samples per Jacobian
-    chunk (default all). Memory `N K m` numbers.
+def ntk_gram(model, x, *, batch_size=None, **options):
+    """The empirical NTK of `NTKOperator(model, x, **options)` as a float64 NumPy array, from
+    the explicit Jacobian (`N K m` numbers), `batch_size` samples at a time (default all).
 
-    Returns a float64 NumPy array. Example:
+    Example:
         >>> ntk_gram(model, x[:32]).shape
         (32, 32)
     """
-    op = NTKOperator(model, x, trace_outputs=trace_outputs, training=training,
-                     variables=variables)
-    return op.gram(batch_size)
+    return NTKOperator(model, x, **options).gram(batch_size)
 
 
-def ntk_eigenvalues(model, x, k=1, *, trace_outputs=True, algorithm="auto", order=None, seed=0,
-                    training=False, batch_size=None, variables=None):
+def ntk_eigenvalues(model, x, k=1, *, algorithm="auto", order=None, seed=0, batch_size=None,
+                    **options):
     """`k` largest eigenvalues of the empirical NTK (`NTKOperator`).
 
-    Args: `model`, `x`, `trace_outputs`, `training`, `variables` as in `NTKOperator`; `k`;
-    `algorithm`: `"dense"` (`ntk_gram` in chunks of `batch_size`, then
-    `numpy.linalg.eigvalsh`: exact), `"lanczos"` (matrix free, `order` products, `seed`) or
-    `"auto"` (dense when the Jacobian takes at most `DENSE_NTK_MAX_BYTES` as float64).
+    `model`, `x` and the keyword `options` (`trace_outputs`, `training`, `variables`) are
+    those of `NTKOperator`. `algorithm`: `"dense"` (`ntk_gram` in chunks of `batch_size`,
+    then `numpy.linalg.eigvalsh`: exact), `"lanczos"` (matrix free, `order` products, `seed`)
+    or `"auto"` (dense when the Jacobian takes at most `DENSE_NTK_MAX_BYTES` as float64).
 
     Returns an `EigenResult`, eigenvalues (k,) largest first; `.method` says which ran.
     Example:
         >>> ntk_eigenvalues(model, x[:100], k=2).eigenvalues
     """
     algorithm = _checks.check_choice("algorithm", algorithm, ("auto", "dense", "lanczos"))
-    op = NTKOperator(model, x, trace_outputs=trace_outputs, training=training,
-                     variables=variables)
+    op = NTKOperator(model, x, **options)
     k = _checks.check_int("k", k, minimum=1, maximum=op.size)
     jacobian_bytes = 8 * op.num_samples * op.num_outputs * op.flat.size
     if algorithm == "lanczos" or (algorithm == "auto" and jacobian_bytes > DENSE_NTK_MAX_BYTES):

@@ -3,16 +3,16 @@ callback on every backend; each probe is one call of the compiled `program.Progr
 
 import csv
 import os
-import sys
 import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_dynloss import _checks, _tensorboard, backend
+from keras_dynloss import _checks, _tensorboard
 from keras_dynloss.curvature import eos, products
-from keras_dynloss.curvature.data import read_batches
+from keras_dynloss.curvature.data import is_dataset, num_rows, read_batches
+from keras_dynloss.curvature.errors import compile_guarded
 from keras_dynloss.curvature.program import Program, xla_cpu_warning
 
 _FLAGS = ("per_layer", "warm_start", "trace", "ntk", "ntk_trace_outputs", "eos_ratio",
@@ -23,26 +23,22 @@ class CurvatureProbe(keras.callbacks.Callback):
     """Measures curvature on a probe batch every N steps (or epochs) of `fit`.
 
     Each probe (one compiled call, `program`) runs Lanczos on the loss Hessian `H` (or the
-    Gauss-Newton `G`) for its top-`top_k` eigenvalues, from the previous probe's Ritz vectors
-    plus `warm_start_noise` times a random unit vector, until their relative residuals are
-    below `tol`; if asked, per layer, on the NTK, on Adam's `P^-1/2 H P^-1/2` (`eos`), and
-    Hutchinson's `tr(H)`.
+    Gauss-Newton `G`) and, if asked, per layer, on the NTK and on Adam's `P^-1/2 H P^-1/2`
+    (`eos`), and Hutchinson on `tr(H)`.
 
     Logged (`<op>`: `hessian` or `gauss_newton`): `<op>_max_eig`, `<op>_eig_2` ..
     `<op>_eig_<top_k>`, `<op>_max_eig_residual` (`||A u - lambda u||`, a bound on the error),
     `<op>_matvecs`; `<op>_max_eig/<layer>` (+ `_residual/<layer>`); `<op>_trace`,
     `<op>_trace_stderr`; `ntk_max_eig`, `ntk_max_eig_residual`, `ntk_matvecs`; `eos_ratio`
-    (NaN at learning rate 0) and for Adam `preconditioned_max_eig` (+ `_residual`). They go
-    into the probing batch's and every epoch's `logs` (progress bar, `History`, `CSVLogger`
-    listed after the probe), into `history` (lists, with `step`, the optimizer step, and
-    `epoch`) or the CSV file `csv_path`, and into TensorBoard keyed by the optimizer step
-    (every `keras.callbacks.TensorBoard` of the same call, in any order, and `log_dir`).
+    (NaN at learning rate 0) and for Adam `preconditioned_max_eig` (+ `_residual`). Into the
+    probing batch's and every epoch's `logs` (list `CSVLogger` after the probe), `history`
+    (with `step`, the optimizer step, and `epoch`) or the CSV file `csv_path`, and TensorBoard
+    keyed by the optimizer step (every `TensorBoard` callback, in any order, and `log_dir`).
 
-    The probe never changes training: it runs the model with `stateless_call` (BatchNorm
-    statistics and seeds do not move), writes no variable and leaves every global random
-    state alone. A new loss, schedule or optimizer rebuilds it (and resets the warm start).
-    Under a one-machine `MirroredStrategy` the products run on every replica's shard.
-    Custom loops call `probe.probe(model)`.
+    The probe never changes training: it runs the model with `stateless_call`, writes no
+    variable and leaves every global random state alone. A new loss, schedule or optimizer
+    rebuilds it (and resets the warm start). Under a one-machine `MirroredStrategy` the
+    products run on every replica's shard. Custom loops call `probe.probe(model)`.
 
     Args:
         data: a batch `(x, y[, sample_weight])` or a `tf.data.Dataset` of them (a fresh batch
@@ -55,12 +51,15 @@ class CurvatureProbe(keras.callbacks.Callback):
         variables: None (every trainable variable) or variables and/or layers: the block.
         per_layer: also `lambda_max` of the block of each direct layer.
         top_k: eigenvalues to report, `<= lanczos_order`.
-        lanczos_order, ntk_order: the most products of a Lanczos run.
+        lanczos_order: the most products of a Lanczos run.
         tol: the relative residual that stops a run; None runs every step.
-        warm_start, warm_start_noise: start from the previous Ritz vectors plus this weight
-            of a random unit vector.
-        trace, trace_samples: Hutchinson's `tr(A)` from this many products.
-        ntk, ntk_trace_outputs: the NTK's `lambda_max`, traced `(N, N)` or full `(NK, NK)`.
+        warm_start: start from the previous probe's Ritz vectors.
+        warm_start_noise: plus this weight of a random unit vector.
+        trace: log Hutchinson's `tr(A)`.
+        trace_samples: its number of products.
+        ntk: log the NTK's `lambda_max`.
+        ntk_order: the most products of its Lanczos run.
+        ntk_trace_outputs: the traced NTK `(N, N)`, else the full one `(NK, NK)`.
         eos_ratio: log `eos_ratio` (SGD, Adam, AdamW).
         probe_at_start: also probe at the start of training.
         training: run the model in training mode (batch statistics, Dropout).
@@ -69,7 +68,7 @@ class CurvatureProbe(keras.callbacks.Callback):
         csv_path: stream each probe as a CSV row to this file instead of `history`.
         jit_compile: compile the probe with XLA on TensorFlow (JAX always compiles).
         micro_batch_size: rows per sub-batch of every product, a divisor of the batch size
-            (less memory, a forward pass per sub-batch); None (default): the whole batch.
+            (`products`); None (default): the whole batch.
         log_dir: also write the TensorBoard scalars into `<log_dir>/train`.
 
     Example:
@@ -91,13 +90,12 @@ class CurvatureProbe(keras.callbacks.Callback):
         self.every_n_steps = check("every_n_steps", every_n_steps, minimum=1, allow_none=True)
         default = 1 if every_n_steps is None and every_n_epochs is None else every_n_epochs
         self.every_n_epochs = check("every_n_epochs", default, minimum=1, allow_none=True)
-        tf = sys.modules.get("tensorflow")
-        self.stochastic = tf is not None and isinstance(data, tf.data.Dataset)
+        self.stochastic = is_dataset(data)
         self._dataset, self._iterator, self._rows = data, None, None
-        self._batch = None if self.stochastic else read_batches(data)[0][:3]
+        self._batch = None if self.stochastic else read_batches(data)[0]
         self._loss = None if loss is None else _checks.check_callable("loss", loss)
         self.operator = _checks.check_choice("operator", operator, products.OPERATORS)
-        self.variables, self.prefix = variables, operator
+        self.variables = variables
         self.lanczos_order = check("lanczos_order", lanczos_order, minimum=1)
         self.top_k = check("top_k", top_k, minimum=1, maximum=self.lanczos_order)
         self.tol = None if tol is None else _checks.check_float("tol", tol, positive=True)
@@ -106,11 +104,10 @@ class CurvatureProbe(keras.callbacks.Callback):
         values = locals()
         for name in _FLAGS:
             setattr(self, name, _checks.check_bool(name, values[name]))
-        self.trace_samples = check("trace_samples", trace_samples, minimum=2)
-        self.ntk_order = check("ntk_order", ntk_order, minimum=1)
+        for name, minimum in (("trace_samples", 2), ("ntk_order", 1), ("seed", 0)):
+            setattr(self, name, check(name, values[name], minimum=minimum))
         self.micro_batch_size = check("micro_batch_size", micro_batch_size, minimum=1,
                                       allow_none=True)
-        self.seed = check("seed", seed, minimum=0)
         if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
             raise _checks.invalid("optimizer", "a keras.optimizers.Optimizer or None", optimizer)
         for name, path in (("csv_path", csv_path), ("log_dir", log_dir)):
@@ -128,7 +125,7 @@ class CurvatureProbe(keras.callbacks.Callback):
         return opt and eos.unwrap(opt)
 
     def _warn_once(self, key, message):
-        if key not in self._warned:
+        if message and key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
@@ -157,15 +154,9 @@ class CurvatureProbe(keras.callbacks.Callback):
                 a is b for a, b in zip(key, self._key)):
             return self._program
         self._program, self._key = Program(self, model, loss, opt, kind, x), key
-        if backend.name() == "jax" or (backend.name() == "tensorflow" and self.jit_compile):
-            message = xla_cpu_warning(model, "JAX" if backend.name() == "jax" else "jit_compile")
-            if message:
-                self._warn_once("xla-cpu", message)
-        self._compiled = backend.get().compile_function(self._program.fn,
-                                                        jit_compile=self.jit_compile)
-        if backend.name() == "tensorflow":
-            from keras_dynloss.curvature.errors import guard
-            self._compiled = guard(self._program.flat, self._compiled, x, training=self.training)
+        self._warn_once("xla-cpu", xla_cpu_warning(model, self.jit_compile))
+        self._compiled = compile_guarded(self._program.flat, self._program.fn, x,
+                                         training=self.training, jit_compile=self.jit_compile)
         self._starts = self._program.zero_starts()
         return self._program
 
@@ -174,7 +165,8 @@ class CurvatureProbe(keras.callbacks.Callback):
             return self._batch
         for _ in range(2):  # on to the end of the data, then once more from its start
             for element in self._iterator or ():
-                x, y, sw, rows = read_batches(element)[0]
+                x, y, sw = read_batches(element)[0]
+                rows = num_rows(x)
                 self._rows = self._rows or rows
                 if rows == self._rows:
                     return x, y, sw
@@ -213,9 +205,8 @@ class CurvatureProbe(keras.callbacks.Callback):
     def record(self, results, *, step, learning_rate=None):
         """Records the `results` of a probe at `step` (`learning_rate` for `eos_ratio`);
         returns its values `{key: float}`."""
-        r = keras.tree.map_structure(lambda t: t if isinstance(t, (np.ndarray, np.generic))
-                                     else np.asarray(ops.convert_to_numpy(t)), results)
-        p, kind, values = self.prefix, self._program.kind, {}
+        r = keras.tree.map_structure(lambda t: np.asarray(ops.convert_to_numpy(t)), results)
+        p, kind, values = self.operator, self._program.kind, {}
         keys = {"ntk": "ntk_max_eig", "preconditioned": "preconditioned_max_eig"}
         for name, item in ((name, r[name]) for name in self._program.spec):
             if name == "trace":
@@ -288,14 +279,12 @@ class CurvatureProbe(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_n_steps is None:
+        if self.every_n_steps is None or self._step() // self.every_n_steps <= self._last_bucket:
             return
-        bucket = self._step() // self.every_n_steps
-        if bucket > self._last_bucket:
-            self._last_bucket = bucket
-            values = self.probe()
-            if logs is not None:
-                logs.update(values)
+        self._last_bucket = self._step() // self.every_n_steps
+        values = self.probe()
+        if logs is not None:
+            logs.update(values)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:

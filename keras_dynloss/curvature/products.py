@@ -4,26 +4,16 @@ Each builder returns a pure function of the parameter values and a batch,
 
     (theta, non_trainable, x, y, sample_weight) -> Linearized,
 
-`theta` (n,) the flat vector of *every* trainable variable, `non_trainable` the list of
-non-trainable values (see `flat`). The call records the forward pass (for the Hessian also
-the gradient) once; the `Linearized` it returns is the matvec `v -> A v` on the block (m,)
-of the chosen variables, each product backward passes only. Inside `tf.function`,
-`jax.jit` or a training step, a Krylov loop over that matvec pays one forward pass per
-batch. Nothing reads or writes the model's variables.
+with `theta` and `non_trainable` as in `flat`. The call records the forward pass (for the
+Hessian also the gradient) once; its `Linearized` is the matvec `v -> A v` on the block (m,)
+of the chosen variables (`A` as in `operators.HessianOperator` and `operators.NTKOperator`),
+each product backward passes only: a Krylov loop over it in a graph pays one forward pass
+per batch.
 
-On the loss `L = loss(y, f(x; theta)) (+ the model's added losses)`:
-
-* `"hessian"`: `H v`, `H = d^2 L / d theta^2`;
-* `"gauss_newton"`: `G v = J^T H_out J v (+ H_reg v)`, `J = d f / d theta` the Jacobian of
-  the outputs, `H_out = d^2 loss / d f^2`, `H_reg` the exact Hessian of the added losses;
-* NTK (`ntk_fn`), the outputs as an (N, K) matrix: traced `Theta = sum_c J_c J_c^T`
-  (N, N), or full `Theta = J J^T` (N*K, N*K), rows `i*K + c`.
-
-`micro_batch_size=b`, a divisor of the batch size N (default None: the whole batch),
-bounds memory: every product runs over the N/b sub-batches one at a time, each recording
-its forward pass anew. `A v = sum_r N_r A_r v / N` (exact for a loss averaged over
-samples; added losses enter each sub-batch whole); NTK `J^T u = sum_r J_r^T u_r`, then
-`J w` block by block. In training mode BatchNormalization normalises each sub-batch alone.
+`micro_batch_size=b`, a divisor of the batch size N (default None: the whole batch), bounds
+memory: every product runs over the N/b sub-batches one at a time, each recording its
+forward pass anew, `A v = sum_r N_r A_r v / N` (NTK: `J^T u = sum_r J_r^T u_r`, then `J w`
+block by block). In training mode BatchNormalization normalises each sub-batch alone.
 
 Example:
     >>> flat = FlatParameters(model)
@@ -32,17 +22,13 @@ Example:
 """
 
 import contextlib
-from typing import Any
-from typing import Callable
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import keras
 from keras import ops
 
-from keras_dynloss import _checks
-from keras_dynloss import backend
-from keras_dynloss.curvature.flat import as_matrix
-from keras_dynloss.curvature.flat import loss_value
+from keras_dynloss import _checks, backend
+from keras_dynloss.curvature.flat import as_matrix, loss_value
 
 OPERATORS = ("hessian", "gauss_newton")
 
@@ -82,19 +68,9 @@ def _micro(size):
 
 def curvature_fn(flat, loss, *, operator="hessian", training=False, include_regularization=True,
                  micro_batch_size=None):
-    """Builds `(theta, non_trainable, x, y, sample_weight) -> Linearized` of `H` or `G`.
-
-    Args:
-        flat: a `FlatParameters` (the model and the block).
-        loss: `loss(y, outputs[, sample_weight])`, e.g. a `keras.losses.Loss`.
-        operator: `"hessian"` or `"gauss_newton"`.
-        training: run the model in training mode.
-        include_regularization: add the model's added losses to `L`.
-        micro_batch_size: sub-batch size (see the module), default None.
-
-    Returns:
-        The pure function; its `Linearized` maps (m,) to (m,) in `flat.dtype`.
-    """
+    """Builds `(theta, non_trainable, x, y, sample_weight) -> Linearized` of `H` or `G` on the
+    block of `flat` (a `FlatParameters`): (m,) to (m,) in `flat.dtype`. The other arguments
+    are those of `operators.HessianOperator`."""
     operator = _checks.check_choice("operator", operator, OPERATORS)
     size = _micro(micro_batch_size)
     record = _hessian if operator == "hessian" else _gauss_newton
@@ -159,20 +135,11 @@ def gradient_fn(flat, loss, *, training=False, include_regularization=True):
 
 
 def ntk_pieces_matvec(pieces, num_outputs, trace_outputs, unroll_outputs=False):
-    """`u -> Theta u` from linearised row blocks of the outputs.
-
-    Args:
-        pieces: `[(start, stop, jvp, vjp, place)]`, contiguous row blocks covering the N rows
-            in order: `vjp(U_r) = J_r^T U_r` (U_r (rows, K)) and `jvp(w) = J_r w`, each called
-            inside `place()` (a context manager, e.g. a device).
-        num_outputs: K.
-        trace_outputs: traced `(N,)` products or full `(N*K,)` ones.
-        unroll_outputs: traced, the K channels as K unrolled pairs instead of a loop.
-
-    Returns:
-        The matvec: `J J^T U = concat_r J_r (sum_s J_s^T U_s)`; traced, one such pair per
-        channel c on `U = u e_c^T` (in a loop, one pair in memory at a time), column c kept.
-    """
+    """`u -> Theta u` from `pieces`, `[(start, stop, jvp, vjp, place)]`: contiguous row
+    blocks r of the N outputs with `vjp(U_r) = J_r^T U_r`, `jvp(w) = J_r w`, each called inside
+    `place()` (a context manager, e.g. a device). Full: `J J^T U = concat_r J_r (sum_s J_s^T
+    U_s)`, U (N, K); traced: column c of it on `U = u e_c^T` for each of the K channels, in a
+    loop (one pair in memory at a time) or, with `unroll_outputs`, unrolled."""
     def gram(cot):
         terms = []
         for start, stop, _, vjp, place in pieces:
@@ -203,12 +170,10 @@ def ntk_pieces_matvec(pieces, num_outputs, trace_outputs, unroll_outputs=False):
 def ntk_fn(flat, *, trace_outputs=True, training=False, micro_batch_size=None,
            unroll_outputs=False):
     """Builds `(theta, non_trainable, x, y=None, sample_weight=None) -> Linearized` of the
-    empirical NTK on the inputs `x` (N samples; `y` and `sample_weight` are ignored).
+    empirical NTK (`operators.NTKOperator`) on the inputs `x`; `y`, `sample_weight` ignored.
 
-    Traced: `Theta u = sum_c J_c J_c^T u`, u (N,). Full: `Theta u = J J^T u`, u (N*K,), entry
-    `i*K + c`. On the whole batch the forward pass is recorded once and the K channels run
-    on it (per channel a backward pass and its transpose) in a loop, or with
-    `unroll_outputs` as K unrolled pairs (a larger graph; XLA's CPU backend runs
+    On the whole batch the forward pass is recorded once and the K channels run on it in a
+    loop, or with `unroll_outputs` unrolled (a larger graph; XLA's CPU backend runs
     convolutions in loop bodies far slower, jax-ml/jax#12868).
     """
     size = _micro(micro_batch_size)

@@ -4,10 +4,9 @@
     fn(theta, non_trainable, x, y, sample_weight, starts, seed, step, moments)
         -> (results, next_starts),
 
-of every trainable value `theta` (n,), the non-trainable values, the probe batch, the warm
-starts `{target: (size,)}` (zero: cold), a seed int32 (2,), the optimizer step (a dynamical
-loss is taken there, `loss.at_step(step)`, traced) and Adam's second moments. The forward
-pass and gradient are recorded once, for every Lanczos run on the Hessian or its blocks
+with the warm starts `{target: (size,)}` (zero: cold), a seed int32 (2,), the optimizer
+step (a dynamical loss is taken there, traced) and Adam's second moments. The forward pass
+and gradient are recorded once, for every Lanczos run on the Hessian or its blocks
 (`b.select(H(b.embed(v)))`) and every Hutchinson sample. `results` maps each target
 (`"main"`, `"layer/<name>"`, `"preconditioned"`, `"ntk"`) to `{"values": (k,),
 "residuals": (k,), "matvecs": (), "breakdowns": ()}`, and `"trace"` to the samples.
@@ -22,6 +21,7 @@ from keras_dynloss.curvature import eos, products
 from keras_dynloss.curvature.data import num_rows
 from keras_dynloss.curvature.flat import FlatParameters
 from keras_dynloss.curvature.lanczos import krylov_dtype, lanczos_loop, ritz
+from keras_dynloss.curvature.operators import replicas
 from keras_dynloss.curvature.trace import hutchinson_loop
 
 _CONVOLUTIONS = tuple(getattr(keras.layers, name) for name in (
@@ -29,23 +29,26 @@ _CONVOLUTIONS = tuple(getattr(keras.layers, name) for name in (
     "SeparableConv1D", "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D"))
 
 
-def xla_cpu_warning(model, what):
-    """The warning for `what` compiling a convolutional model's probe with XLA on a machine
-    without GPU or TPU (XLA's CPU backend runs convolutions inside loops, as Lanczos, tens
-    of times slower than outside: jax-ml/jax#12868), else None."""
-    if not any(isinstance(layer, _CONVOLUTIONS) for layer in _compat.iter_layers(model)):
+def xla_cpu_warning(model, jit_compile, what=None):
+    """The warning when XLA (JAX, or TensorFlow with `jit_compile`) compiles a convolutional
+    model's probe on a machine without GPU or TPU: XLA's CPU backend runs convolutions inside
+    loops, as Lanczos, tens of times slower than outside (jax-ml/jax#12868); else None."""
+    name = backend.name()
+    if name == "torch" or not (jit_compile or name == "jax") or not any(
+            isinstance(layer, _CONVOLUTIONS) for layer in _compat.iter_layers(model)):
         return None
-    if backend.name() == "jax":
+    if name == "jax":
         import jax
-        if jax.default_backend() != "cpu":
-            return None
+        accelerated = jax.default_backend() != "cpu"
     else:
         import tensorflow as tf
-        if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
-            return None
-    return (f"CurvatureProbe: {what} compiles a convolutional model's probe with XLA on a CPU, "
-            "which runs convolutions inside loops (Lanczos) tens of times slower "
-            "(jax-ml/jax#12868); on CPU, prefer TensorFlow without XLA, or PyTorch.")
+        accelerated = any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
+    if accelerated:
+        return None
+    return (f"CurvatureProbe: {what or ('JAX' if name == 'jax' else 'jit_compile')} compiles a "
+            "convolutional model's probe with XLA on a CPU, which runs convolutions inside "
+            "loops (Lanczos) tens of times slower (jax-ml/jax#12868); on CPU, prefer TensorFlow "
+            "without XLA, or PyTorch.")
 
 
 def filled(spec, value):
@@ -83,10 +86,9 @@ class Program:
         layers = ([(f"layer/{layer.name}", FlatParameters(model, [layer]))
                    for layer in model.layers if layer.trainable_variables]
                   if probe.per_layer else [])
-        whole, devices = FlatParameters(model) if layers else flat, None
-        if backend.name() == "tensorflow":
+        whole, devices = FlatParameters(model) if layers else flat, replicas(model)
+        if devices:
             from keras_dynloss.curvature import distributed
-            devices = distributed.replica_devices(model)
         if devices and (micro or probe.jit_compile):
             raise _checks.invalid("micro_batch_size" if micro else "jit_compile", "None / False "
                                   "under a MirroredStrategy (the replicas split the batch)",
@@ -110,7 +112,8 @@ class Program:
         options = dict(trace_outputs=probe.ntk_trace_outputs, training=probe.training)
         ntk_fn = (distributed.sharded_ntk_fn(flat, devices, **options) if devices
                   else products.ntk_fn(flat, micro_batch_size=micro, **options))
-        self.moments = (lambda: eos.second_moments(optimizer, flat.variables)) if adam else list
+        self.moments = (lambda: [ops.convert_to_tensor(m) for m in _compat.adam_second_moments(
+            optimizer, flat.variables)]) if adam else list
 
         def krylov(matvec, dtype):
             return lambda v: ops.cast(matvec(ops.cast(v, dtype)), kdt)

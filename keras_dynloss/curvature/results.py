@@ -55,18 +55,14 @@ class TraceResult:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DensityResult:
-    """Spectral density of `A` (size `n`) by stochastic Lanczos quadrature:
-
-        phi(t) = 1/n sum_i N(t; lambda_i, sigma^2) ~ 1/V sum_v sum_j w_vj N(t; theta_vj, sigma^2)
-
-    with the Ritz values `theta_vj` (nodes) and squared first eigenvector components `w_vj`
-    (weights, summing to 1 per run) of the Lanczos run `v` of `V`.
+    """Spectral density of `A` by stochastic Lanczos quadrature (`trace.spectral_density`),
+    `phi(t) ~ 1/V sum_v sum_j w_vj N(t; theta_vj, sigma^2)` over `V` Lanczos runs.
 
     Attributes:
         grid: array `(g,)` of evaluation points.
         density: array `(g,)`, `phi(grid)`; it integrates to 1.
-        nodes: array `(V, m)`, NaN where a run stopped early (an invariant subspace).
-        weights: array `(V, m)`, 0 where `nodes` is NaN.
+        nodes: array `(V, m)`, the Ritz values `theta_vj`, NaN where a run stopped early.
+        weights: array `(V, m)`, `w_vj` (summing to 1 per run), 0 where `nodes` is NaN.
         sigma: width of the Gaussian kernel.
         num_matvecs: products with `A` used.
     """
@@ -94,12 +90,11 @@ class DensityResult:
 class LanczosDecomposition:
     """A Lanczos factorisation `A Q = Q T + r e_m^T` of a symmetric `A` (size `n`).
 
-    `Q` (n, m) has orthonormal columns, `T = Q^T A Q` is tridiagonal and `Q^T r = 0`: the
-    Ritz pair `(theta_i, Q s_i)` of `T s_i = theta_i s_i` has residual `||r|| |s_i[m-1]|`.
+    `Q` (n, m) has orthonormal columns, `T = Q^T A Q` is tridiagonal and `Q^T r = 0`.
 
     Attributes:
         alphas: array `(m,)`, the diagonal of `T`.
-        betas: array `(m - 1,)`, its off-diagonal; 0 after a breakdown (`T` block diagonal).
+        betas: array `(m - 1,)`, its off-diagonal; 0 after a breakdown.
         basis: array `(n, m)`, `Q`, or `None` if not kept.
         residual_norm: `||r||`.
         num_matvecs: products with `A` used (`m`).

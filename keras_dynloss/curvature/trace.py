@@ -1,17 +1,12 @@
-"""Hutchinson's trace estimator and stochastic Lanczos quadrature (spectral density).
-
-`hutchinson_loop` is the in-graph estimator (an `ops.fori_loop`, traceable like
-`lanczos.lanczos_loop`); `hutchinson_trace` drives the same sample from Python for any
-callable, NumPy included, and `spectral_density` runs on the host Lanczos.
-"""
+"""Hutchinson's trace estimator (`hutchinson_loop` in graphs, `hutchinson_trace` from Python
+for any callable) and stochastic Lanczos quadrature (`spectral_density`)."""
 
 import numpy as np
 from keras import ops
 
-from keras_dynloss import _checks
-from keras_dynloss import backend
-from keras_dynloss.curvature.lanczos import _check_operator, _host_matvec, krylov_dtype
-from keras_dynloss.curvature.lanczos import lanczos_tridiagonal
+from keras_dynloss import _checks, backend
+from keras_dynloss.curvature.lanczos import (_check_operator, _host_matvec, krylov_dtype,
+                                             lanczos_tridiagonal)
 from keras_dynloss.curvature.results import DensityResult, TraceResult
 
 _DISTRIBUTIONS = ("rademacher", "gaussian")
@@ -31,10 +26,8 @@ def _sample(matvec, n, i, seed, distribution, dtype):
 
 
 def hutchinson_loop(matvec, n, num_samples, seed, distribution="rademacher"):
-    """The samples `z_i^T A z_i`, `i < num_samples`, as one `ops.fori_loop`.
-
-    `tr(A) = E[z^T A z]` for probes `z` with `E[z z^T] = I`; probe `i` is drawn from
-    `backend.fold_in(seed, i)`, so a run is a function of the seed alone.
+    """Hutchinson's samples `z_i^T A z_i`, `i < num_samples`, as one `ops.fori_loop`; probe
+    `z_i` is drawn from `backend.fold_in(seed, i)`, so a run is a function of the seed alone.
 
     Args:
         matvec: `v -> A v` on tensors `(n,)` of `krylov_dtype()`, traceable.
@@ -68,12 +61,14 @@ def hutchinson_trace(matvec, size, *, num_samples=100, distribution="rademacher"
     for a diagonal `A`.
 
     Args:
-        matvec, size, seed: as in `lanczos.lanczos_tridiagonal`.
+        matvec: `v -> A v` on NumPy float64 vectors `(n,)`.
+        size: `n`.
         num_samples: the number of probes `s >= 2` (one product each).
         distribution: `"rademacher"` or `"gaussian"`.
+        seed: an int >= 0.
 
     Returns:
-        A `TraceResult`, `stderr = std(samples, ddof=1) / sqrt(s)`.
+        A `TraceResult`.
 
     Example:
         >>> a = np.diag(np.arange(10.0))
@@ -91,26 +86,19 @@ def hutchinson_trace(matvec, size, *, num_samples=100, distribution="rademacher"
                        num_samples=num_samples, num_matvecs=num_samples, samples=samples)
 
 
-def _gaussian_density(nodes, weights, grid, sigma):
-    """`1/V sum_v sum_j w_vj N(grid; nodes_vj, sigma^2)` (g,) for nodes, weights (V, m)."""
-    nodes = np.nan_to_num(nodes)
-    z = (grid[:, None, None] - nodes[None]) / sigma
-    kernel = np.exp(-0.5 * z**2) / (sigma * np.sqrt(2.0 * np.pi))
-    return (kernel * weights[None]).sum(axis=(1, 2)) / nodes.shape[0]
-
-
 def spectral_density(matvec, size, *, num_vectors=8, order=30, sigma=None, grid=None,
                      num_points=512, seed=0):
     """Spectral density of a symmetric operator by stochastic Lanczos quadrature (SLQ).
 
     An `m`-step Lanczos run from a unit vector `v` gives the Gauss quadrature
     `v^T f(A) v ~ sum_j w_j f(theta_j)` (nodes `theta_j`: the eigenvalues of `T`; weights
-    `w_j`: the squared first components of its eigenvectors). `E[v^T f(A) v] = tr f(A) / n`
-    for a normalised Rademacher `v`, so averaging a Gaussian `f` over `V` vectors estimates
-    `phi(t) = 1/n sum_i N(t; lambda_i, sigma^2)`, a density that integrates to 1.
+    `w_j`: the squared first components of its eigenvectors). As `E[v^T f(A) v] = tr f(A) / n`
+    for a normalised Rademacher `v`, the mean over `V` vectors for a Gaussian `f` estimates
+    `phi(t) = 1/n sum_i N(t; lambda_i, sigma^2)`.
 
     Args:
-        matvec, size, seed: as in `lanczos.lanczos_tridiagonal`.
+        matvec: `v -> A v` on NumPy float64 vectors `(n,)`, `A` symmetric.
+        size: `n`.
         num_vectors: the number of start vectors `V`.
         order: Lanczos steps `m` per vector (at most `n` are taken); a run stops early at
             an invariant subspace, where the quadrature is exact.
@@ -119,6 +107,7 @@ def spectral_density(matvec, size, *, num_vectors=8, order=30, sigma=None, grid=
         grid: evaluation points `(g,)`; default `num_points` points on
             `[min node - 6 sigma, max node + 6 sigma]`.
         num_points: the number of default grid points, >= 2.
+        seed: seed of the start vectors, an int >= 0.
 
     Returns:
         A `DensityResult`.
@@ -155,5 +144,8 @@ def spectral_density(matvec, size, *, num_vectors=8, order=30, sigma=None, grid=
         sigma = 0.01 * (high - low) if high > low else 1e-3 * max(1.0, abs(high))
     if grid is None:
         grid = np.linspace(low - 6.0 * sigma, high + 6.0 * sigma, num_points)
-    return DensityResult(grid=grid, density=_gaussian_density(nodes, weights, grid, sigma),
+    z = (grid[:, None, None] - np.nan_to_num(nodes)[None]) / sigma  # NaN nodes have weight 0
+    kernel = np.exp(-0.5 * z**2) / (sigma * np.sqrt(2.0 * np.pi))
+    density = (kernel * weights[None]).sum(axis=(1, 2)) / num_vectors
+    return DensityResult(grid=grid, density=density,
                          nodes=nodes, weights=weights, sigma=float(sigma), num_matvecs=products)
