@@ -1,13 +1,8 @@
-"""Command line: reproduce the paper's experiments.
+"""Command line: `python -m keras_dynloss fig4 | width-sweep | overparam [--help] ...`.
 
-    python -m keras_dynloss fig4        [--out DIR] [--steps N] [--width W] [--probe-every K] ...
-    python -m keras_dynloss width-sweep [--out DIR] [--widths 16,32] [--seeds 0-9] [--resume] ...
-    python -m keras_dynloss overparam   [--out DIR] [--amplitudes 1,10,100] [--model myrtle] ...
-
-(also installed as `keras-dynloss`). Each command shows its progress and writes
-`DIR/<command>.json` and `.png` (default DIR: runs); the sweeps also write a Markdown table
-(`.md`) and every run as it finishes (`.jsonl`, which `--resume` continues). `--quick` shrinks
-every default to a smoke test of seconds.
+Also installed as `keras-dynloss`. Each command writes `DIR/<command>.json` and `.png` (`--out
+DIR`, default runs); the sweeps also a Markdown table (`.md`) and every run as it finishes
+(`.jsonl`, which `--resume` continues). `--quick`: smoke-test settings of seconds.
 """
 
 import argparse
@@ -46,33 +41,32 @@ def _checked(kind, ok, expected):
     return parse
 
 
-def _data(text):
-    text = "idx" if text == "offline" else text
-    if text in ("auto", "keras", "idx", "tfds") or (text.startswith("tfds:") and len(text) > 5):
-        return text
-    raise argparse.ArgumentTypeError(
-        f"expected auto, keras, idx (or offline), tfds or tfds:NAME. Received: {text!r}")
-
-
+_DATA = _checked(lambda t: "idx" if t == "offline" else t, lambda t: t in (
+    "auto", "keras", "idx", "tfds") or (t.startswith("tfds:") and len(t) > 5),
+    "auto, keras, idx (or offline), tfds or tfds:NAME")
 _POSITIVE = _checked(int, lambda v: v >= 1, "an integer >= 1")
 _NONNEGATIVE = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _SPIRAL, _SWEEPS, _ALL = ("fig4", "width-sweep"), ("width-sweep", "overparam"), (
     "fig4", "width-sweep", "overparam")
-#: (commands, flags, `add_argument` keywords); `dest` is the last flag's name.
+#: (commands, flags, `add_argument` keywords); `dest` is the last flag's name. A flag not in
+#: `_CONTROLS` is an option of the command's `run`, given only if used.
 _OPTIONS = [
-    (_ALL, ["--out"], dict(default="runs", help="output folder (default: runs)")),
+    (_ALL, ["--out"], dict(help="output folder (default: runs)")),
     (_ALL, ["--quick"], dict(action="store_true", help="tiny smoke-test settings")),
     (_ALL, ["--no-progress"], dict(action="store_true", help="no progress bar")),
-    (_ALL, ["--threads"], dict(type=_NONNEGATIVE, help="CPU threads of this process (default: "
-                               "1 for fig4 and width-sweep, whose small model runs fastest on "
-                               "one; 0: the backend's default; workers get cores / processes)")),
+    (_ALL, ["--threads"], dict(type=_NONNEGATIVE, help="CPU threads (default: 1 for the "
+                               "spiral's small model, else 0: the backend's default)")),
+    (_ALL, ["--learning-rate"], dict(type=_checked(float, lambda v: v > 0, "a number > 0"))),
     (_SPIRAL, ["--steps"], dict(type=_POSITIVE, help="GD steps")),
     (_SPIRAL, ["--period"], dict(type=_POSITIVE, help="period T in steps")),
     (_SPIRAL, ["--dtype"], dict(choices=("float32", "float64"))),
-    (_SPIRAL, ["--loss"], dict(choices=LOSSES, default="ce",
-                               help="ce: dynamical cross-entropy (A=1: cross-entropy); mse: "
-                                    "plain MSE (A=1 only); dmse: Γ of the sample's class on its "
-                                    "squared error; dmse-componentwise: Γ_i on output i")),
+    (_SPIRAL, ["--loss"], dict(choices=LOSSES, help="ce: dynamical cross-entropy; mse: plain "
+                               "MSE (A=1 only); dmse: Γ of the sample's class on its squared "
+                               "error; dmse-componentwise: Γ_i on output i")),
+    (_SPIRAL, ["--validation-seed"], dict(
+        type=lambda t: None if t.lower() == "none" else int(t),
+        help="noise seed of a held-out spiral (training uses 0); none: no validation "
+             "(default: none for fig4, 1 for width-sweep)")),
     (["fig4"], ["--seed"], dict(type=int)),
     (["fig4"], ["--width"], dict(type=_POSITIVE)),
     (["fig4"], ["--amplitude"], dict(type=_checked(float, lambda v: v >= 1, "a number >= 1"))),
@@ -81,7 +75,6 @@ _OPTIONS = [
     (_SWEEPS, ["--seed", "--seeds"], dict(type=_ints, help="seeds, e.g. 0,1,2 or 0-9")),
     (_SWEEPS, ["--amplitude", "--amplitudes"], dict(
         type=_floats, help="comma-separated A values (1: the static loss)")),
-    (_SWEEPS, ["--learning-rate"], dict(type=_checked(float, lambda v: v > 0, "a number > 0"))),
     (_SWEEPS, ["--processes"], dict(type=_POSITIVE, help="worker processes")),
     (_SWEEPS, ["--resume"], dict(action="store_true", help="keep the runs of OUT/<command>.jsonl"
                                  " (same settings), train only the missing ones")),
@@ -90,26 +83,19 @@ _OPTIONS = [
                                             "results/reference/spiral_width_reference.json "
                                             "(if loss, steps, period, η and dtype match)")),
     (["overparam"], ["--width"], dict(type=_POSITIVE, help="hidden units / CNN filters")),
-    (["overparam"], ["--period", "--periods"], dict(type=_ints, help="periods in epochs, "
-                                                    "e.g. 1,2,5")),
+    (["overparam"], ["--period", "--periods"], dict(type=_ints, help="in epochs, e.g. 1,2,5")),
     (["overparam"], ["--steps", "--epochs"], dict(type=_POSITIVE)),
-    (["overparam"], ["--train-size"], dict(type=_POSITIVE)),
-    (["overparam"], ["--test-size"], dict(type=_POSITIVE)),
-    (["overparam"], ["--batch-size"], dict(type=_POSITIVE)),
+    *((["overparam"], [flag], dict(type=_POSITIVE)) for flag in (
+        "--train-size", "--test-size", "--batch-size")),
     (["overparam"], ["--momentum"], dict(type=_checked(float, lambda v: 0 <= v < 1,
                                                        "a number in [0, 1)"))),
-    (["overparam"], ["--data"], dict(type=_data, default="auto", help="auto (Fashion-MNIST "
-                                     "from Keras, then Debian's IDX files, then TFDS), keras, "
-                                     "idx, tfds, or tfds:NAME for any TFDS image set")),
-    (["overparam"], ["--model"], dict(choices=("auto", "mlp", "myrtle"), default="auto",
-                                      help="auto: the MLP for Fashion-MNIST, a Myrtle-style CNN "
-                                           "for tfds:NAME; myrtle has its own defaults")),
+    (["overparam"], ["--data"], dict(type=_DATA, help="Fashion-MNIST from auto (Keras, IDX "
+                                     "files, TFDS), keras, idx or tfds; tfds:NAME: a TFDS set")),
+    (["overparam"], ["--model"], dict(choices=("auto", "mlp", "myrtle"), help="auto: a "
+                                      "Myrtle-style CNN for tfds:NAME, else the MLP")),
 ]
-for _command, _default in (("fig4", "none"), ("width-sweep", "1")):
-    _OPTIONS.append(([_command], ["--validation-seed"], dict(
-        type=lambda t: None if t.lower() == "none" else int(t), default=_default,
-        help="noise seed of a held-out spiral (training uses 0); none: no validation "
-             f"(default {_default})")))
+_CONTROLS = dict(out="runs", quick=False, no_progress=False, threads=None, processes=None,
+                 resume=False, reference=None)
 _HELP = {"fig4": "Fig. 4: one spiral run, Γ, F, accuracy, λ_max",
          "width-sweep": "final spiral accuracy vs width, A, seed",
          "overparam": "amplitude x period grid on Fashion-MNIST"}
@@ -121,34 +107,36 @@ def build_parser():
         prog="keras-dynloss", description="Reproduce the experiments of 'Tilting the playing "
         "field: dynamical loss functions for machine learning' with keras_dynloss.")
     commands = parser.add_subparsers(dest="command", required=True)
-    sub = {name: commands.add_parser(name, help=text) for name, text in _HELP.items()}
+    sub = {name: commands.add_parser(name, help=text, argument_default=argparse.SUPPRESS)
+           for name, text in _HELP.items()}
     for names, flags, kwargs in _OPTIONS:
         for name in names:
             sub[name].add_argument(*flags, dest=flags[-1][2:].replace("-", "_"), **kwargs)
+    for command in sub.values():
+        command.set_defaults(**_CONTROLS)
     return parser
 
 
-def _settings(module, args, defaults=None):
-    """The command's defaults (or quick ones), overridden by the flags given."""
-    out = dict(module.QUICK if args.quick else defaults or module.DEFAULTS)
-    return dict(out, **{n: getattr(args, n) for n in out if getattr(args, n, None) is not None})
+def _run(module, args, **kwargs):
+    """`module.run` with the flags given over the command's defaults (or `QUICK`)."""
+    given = {k: v for k, v in vars(args).items() if k in module.DEFAULTS}
+    return module.run(**dict(module.QUICK if args.quick else {}, **given),
+                      progress=not args.no_progress, **kwargs)
 
 
-def _sweep_options(args):
-    return dict(out=args.out, resume=args.resume, progress=not args.no_progress,
+def _sweep(args):
+    return dict(out=args.out, resume=args.resume,
                 processes=args.processes or (1 if args.quick else None))
 
 
 def _fig4(args):
     from keras_dynloss.experiments import fig4
 
-    cfg = _settings(fig4, args)
-    result = fig4.run(loss=args.loss, validation_seed=args.validation_seed,
-                      progress=not args.no_progress, **cfg)
+    result = _run(fig4, args)
     val = result.get("val_acc")
     print(f"fig4: final training accuracy {result['final_acc']:.4f}"
           + (f", validation accuracy {val:.4f}" if val is not None else "")
-          + f" ({cfg['steps']} steps, {result['seconds']:.1f} s)")
+          + f" ({result['config']['steps']} steps, {result['seconds']:.1f} s)")
     return fig4.write(result, args.out)
 
 
@@ -156,8 +144,7 @@ def _width_sweep(args):
     from keras_dynloss.experiments import width_sweep
 
     reference = width_sweep.load_reference(args.reference) if args.reference else None
-    result = width_sweep.run(validation_seed=args.validation_seed, reference=reference,
-                             **_settings(width_sweep, args), **_sweep_options(args))
+    result = _run(width_sweep, args, reference=reference, **_sweep(args))
     print(width_sweep.table(result))
     return width_sweep.write(result, args.out, reference)
 
@@ -165,9 +152,7 @@ def _width_sweep(args):
 def _overparam(args):
     from keras_dynloss.experiments import overparam
 
-    cnn = args.model == "myrtle" or (args.model == "auto" and args.data.startswith("tfds:"))
-    cfg = _settings(overparam, args, overparam.MYRTLE_DEFAULTS if cnn else None)
-    result = overparam.run(data=args.data, model=args.model, **cfg, **_sweep_options(args))
+    result = _run(overparam, args, **_sweep(args))
     print(overparam.table(result))
     return overparam.write(result, args.out)
 

@@ -167,3 +167,8 @@ def test_width_sweep_table_with_the_reference_and_a_diverged_run():
     assert "1 run(s) ended with a non-finite loss" in table and "A=70 seed 2" in table
     assert ("| 16 | DCE A=70 | 0.600 [0.550, 0.650] | 0/3 | 0.900 [0.850, 0.925] | 1/3 | "
             "0.00 | 0 | 0.1 | 0.1 | no |") in table
+
+
+def test_an_unknown_option_is_rejected_before_training():
+    with pytest.raises(TypeError, match=r"Unexpected option\(s\) \['widht'\]"):
+        width_sweep.run(widht=(8,))

@@ -1,10 +1,4 @@
-"""K gradient-descent updates per `fit` batch as one compiled loop, with plug-ins.
-
-`FullBatchSequential` trains on full-batch data (`full_batch_data`) with a loop of K updates in
-each training step (TensorFlow, JAX and PyTorch); a `StepRecorder` keeps F(t) and the accuracy
-of every step and an `InStepProbe` measures the curvature inside the same loop (no per-step
-Python).
-"""
+"""K gradient-descent updates per `fit` batch as one compiled loop, with plug-ins."""
 
 import itertools
 
@@ -19,11 +13,9 @@ __all__ = ["FullBatchSequential", "StepRecorder", "full_batch_data"]
 
 
 class StepRecorder(keras.metrics.Metric):
-    """F(t) and the training accuracy of every step, in one preallocated buffer.
-
-    Row t of a `(num_steps + 1, 2)` variable holds `(F(t), accuracy(t))` of the step's forward
-    pass (steps >= `num_steps` go to the last row, dropped). A metric that is never reset and
-    logs nothing, so that every backend's trainer carries it in the compiled step.
+    """F(t) and the training accuracy of every step: row t of a `(num_steps + 1, 2)` buffer
+    (later steps go to the last row, dropped); a metric, never reset, that logs nothing, so that
+    every backend's trainer carries it in the compiled step.
 
     Args:
         num_steps: steps to keep.
@@ -72,14 +64,10 @@ class StepRecorder(keras.metrics.Metric):
 
 
 class FullBatchSequential(keras.Sequential):
-    """A `Sequential` whose training step runs up to K gradient-descent updates.
-
-    With full-batch data K updates on one batch are K ordinary `fit` steps (forward pass, loss
-    with Γ(t) from `optimizer.iterations`, gradient, `optimizer.apply`, metrics) run as one
-    loop: `tf.while_loop` (XLA with `jit_compile=True`), `lax.while_loop` on JAX, Python on
-    PyTorch. Each trip calls `in_step_probe.maybe_probe()` (an `InStepProbe`, set after
-    `compile`) at the current weights, then updates them while the batch and the run last,
-    then calls `recorder.record(...)`. `total_steps` stops the last batch early.
+    """A `Sequential` whose training step runs up to K ordinary `fit` steps on one batch as one
+    loop (`keras.ops.while_loop`; `lax.while_loop` on JAX). Each trip calls
+    `in_step_probe.maybe_probe()` (an `InStepProbe`, set after `compile`), updates the weights
+    while the batch and the run last, then calls `recorder.record(...)`.
 
     Args:
         layers: as for `keras.Sequential`.
@@ -97,8 +85,7 @@ class FullBatchSequential(keras.Sequential):
         self.in_step_probe = None
 
     def _loss_value(self, y, y_pred, sample_weight, extra=()):
-        """The compiled loss in its own dtype plus added losses (`compute_loss` would cast a
-        float64 loss to float32)."""
+        """The loss plus added losses in its own dtype (`compute_loss` casts to float32)."""
         value = self.loss(y, y_pred, sample_weight)
         for item in list(extra) or self.losses:
             value = value + ops.cast(item, value.dtype)
@@ -218,9 +205,8 @@ class FullBatchSequential(keras.Sequential):
 
 
 def full_batch_data(x, y):
-    """`(x, y)` as every batch of `fit`, in its own dtype (NumPy arrays given to `fit` would be
-    cast to `floatx`): on TensorFlow a repeated `tf.data` batch without autotuning (its thread
-    can stall `fit`'s end), elsewhere a generator."""
+    """`(x, y)` as every batch of `fit`, in its own dtype (`fit` casts NumPy to `floatx`); on
+    TensorFlow a `tf.data` batch without autotuning (its thread can stall `fit`'s end)."""
     if keras.backend.backend() != "tensorflow":
         return ((x, y) for _ in itertools.count())
     import tensorflow as tf

@@ -1,20 +1,17 @@
-"""The objectives the spiral runners train with (`--loss`).
-
-* "ce": `DynamicalLoss` from logits (A = 1: cross-entropy).
-* "mse": plain MSE on one-hot targets (`DynamicalMeanSquaredError` at A = 1, Γ ≡ 1).
-* "dmse": `DynamicalMeanSquaredError`, the sample's squared error weighted by Γ of its class.
-* "dmse-componentwise": `DynamicalComponentwiseMeanSquaredError`, output i weighted by Γ_i.
-"""
+"""The objectives the spiral runners train with (`--loss`; see `python -m keras_dynloss fig4
+--help`), and the spiral's description in results files."""
 
 from keras_dynloss._checks import check_choice, invalid
 
-__all__ = ["LOSSES", "cell_label", "spiral_loss"]
+__all__ = ["LOSSES", "SPIRAL", "cell_label", "spiral_loss"]
 
 #: name: (label at A = 1, label of the dynamical loss)
 _LABELS = {"ce": ("cross-entropy", "DCE"), "mse": ("MSE", "MSE"),
            "dmse": ("MSE", "DMSE (per sample)"),
            "dmse-componentwise": ("MSE", "DMSE (per component)")}
 LOSSES = tuple(_LABELS)
+#: The training data of every spiral run.
+SPIRAL = "spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0)"
 
 
 def cell_label(loss, amplitude):

@@ -1,9 +1,4 @@
-"""The spiral setup of the paper (Fig. 4 and the width study), trained with one `fit` call.
-
-Dense(width)-ReLU-Dense(C) with jax `stax.Dense` initialisation, full-batch gradient descent
-(`SGD(1.0)`) on the 300 spiral points, Γ(t) triangular with period T and the last period
-static, K updates per compiled call (`_full_batch.FullBatchSequential`).
-"""
+"""The spiral runs of the paper (Fig. 4, the width sweep): full-batch GD in one `fit` call."""
 
 import collections
 import time

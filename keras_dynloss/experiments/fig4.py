@@ -7,27 +7,28 @@ Panels: Γ_i(t); F(t); F(t) − F(t−1); training accuracy; Hessian λ_max with
 import numpy as np
 
 from keras_dynloss.experiments import sweep
+from keras_dynloss.experiments._losses import SPIRAL
 from keras_dynloss.experiments.provenance import provenance
 
 __all__ = ["run", "figure", "write", "DEFAULTS", "QUICK"]
 
 DEFAULTS = dict(width=100, amplitude=70.0, period=5000, steps=70000, seed=0, probe_every=250,
-                dtype="float64")
+                dtype="float64", learning_rate=1.0, loss="ce", validation_seed=None)
 QUICK = dict(DEFAULTS, period=100, steps=600, probe_every=50)
 MAX_POINTS = 4000
 
 
-def run(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0, probe_every=250,
-        dtype="float64", learning_rate=1.0, loss="ce", validation_seed=None, zoom_period=None,
-        progress=True):
+def run(*, zoom_period=None, progress=True, **options):
     """Trains once, recording F(t) and the accuracy at every step, with curvature probes.
 
     Args:
-        width, amplitude, period, steps, seed, dtype, learning_rate, loss, validation_seed,
-            progress: as for `_spiral.train_spiral` (F(t) is the `loss` objective).
-        probe_every: Hessian and NTK probe interval in steps (0: no probes).
         zoom_period: the period shown zoomed (default: the dynamical period with the largest
             one-step jump of F).
+        progress: as for `_spiral.train_spiral`.
+        **options: over `DEFAULTS`: `probe_every`, the Hessian and NTK probe interval in
+            steps (0: no probes); `width`, `amplitude`, `period`, `steps`, `seed`, `dtype`,
+            `learning_rate`, `loss`, `validation_seed` as for `_spiral.train_spiral` (F(t) is
+            the `loss` objective).
 
     Returns:
         A JSON-ready dict: `config`, `provenance`, `final_acc`, `final_loss`, `val_acc`,
@@ -41,31 +42,24 @@ def run(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0, probe_ev
     """
     from keras_dynloss.experiments._spiral import train_spiral
 
-    info = provenance()
-    res = train_spiral(width=width, amplitude=amplitude, period=period, steps=steps, seed=seed,
-                       dtype=dtype, learning_rate=learning_rate, record=True,
-                       probe_every=probe_every, progress=progress, loss=loss,
-                       validation_seed=validation_seed)
+    cfg, info = sweep.options(DEFAULTS, options), provenance()
+    res = train_spiral(record=True, progress=progress, **cfg)
+    steps, period = cfg["steps"], cfg["period"]
     f, acc = res["loss"], res["accuracy"]
     dloss = np.diff(f, prepend=np.nan)
+    jumps = np.nan_to_num(np.abs(dloss), nan=0.0)
     if zoom_period is None:  # the dynamical period with the largest jump of F
         dynamical = max(1, (steps - period) // period)
-        jumps = np.nan_to_num(np.abs(dloss[:dynamical * period]), nan=0.0)
-        zoom_period = (int(np.argmax(jumps.reshape(dynamical, -1).max(1)))
-                       if jumps.size == dynamical * period else 0)
+        zoom_period = (int(np.argmax(jumps[:dynamical * period].reshape(dynamical, -1).max(1)))
+                       if steps >= dynamical * period else 0)
     z0, z1 = zoom_period * period, min((zoom_period + 1) * period, steps)
     stride = max(1, -(-steps // MAX_POINTS))
     shown = np.arange(0, steps, stride)
-    jumps = np.nan_to_num(np.abs(dloss), nan=0.0)
     jump_max = np.pad(jumps, (0, (-steps) % stride)).reshape(-1, stride).max(1)
     return dict(
         experiment="fig4",
-        config=dict(loss=loss, width=width, amplitude=amplitude, period=period, steps=steps,
-                    seed=seed, validation_seed=validation_seed, probe_every=probe_every,
-                    dtype=dtype, learning_rate=learning_rate,
-                    static_after=max(steps - period, 0), optimizer="SGD (full batch)",
-                    dataset="spiral(points_per_class=100, num_classes=3, revolutions=4, "
-                            "noise=0.2, seed=0)"),
+        config=dict(cfg, static_after=max(steps - period, 0), optimizer="SGD (full batch)",
+                    dataset=SPIRAL),
         provenance=info, final_acc=res["final_acc"], final_loss=res["final_loss"],
         val_acc=res.get("val_acc"), max_acc=float(np.nanmax(acc)), seconds=res["seconds"],
         series=dict(step=shown, loss=f[shown], accuracy=acc[shown], abs_dloss_max=jump_max),

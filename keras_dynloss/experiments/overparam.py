@@ -1,9 +1,8 @@
 """The dynamical loss in the overparameterised regime: amplitude x period on Fashion-MNIST.
 
-A wide MLP (784-width-10, ReLU) or a Myrtle-style CNN fits a small class-balanced subset of
-Fashion-MNIST with minibatch SGD; Γ(t) is triangular with a period of P epochs, cyclic over the
-classes, the last P epochs static. A = 1 (cross-entropy) does not depend on P: it is trained
-once per seed (`period` None) and is the baseline of every (A, P) cell's test accuracy.
+A wide MLP or a Myrtle-style CNN fits a small class-balanced subset with minibatch SGD; Γ(t)
+has a period of P epochs, the last P static. A = 1 (cross-entropy) does not depend on P: it is
+trained once per seed (`period` None) and is the baseline of every (A, P) cell.
 """
 
 import math
@@ -19,12 +18,14 @@ __all__ = ["run", "load_data", "build_model", "table", "figure", "write", "DEFAU
 
 DEFAULTS = dict(amplitudes=(1.0, 10.0, 100.0), periods=(1, 2, 5), seeds=(0, 1, 2), width=512,
                 train_size=2000, test_size=10000, epochs=60, batch_size=50, learning_rate=0.1,
-                momentum=0.0)
-#: `--model myrtle`: 1000 images (100 per class) for a 28k-parameter CNN.
+                momentum=0.0, data="auto", model="auto")
+#: The defaults of the Myrtle CNN: 1000 images (100 per class) for a 28k-parameter CNN.
 MYRTLE_DEFAULTS = dict(DEFAULTS, seeds=(0, 1, 2, 3), width=32, train_size=1000, batch_size=25,
                        learning_rate=0.05, momentum=0.9)
 QUICK = dict(amplitudes=(1.0, 10.0), periods=(1,), seeds=(0,), width=32, train_size=200,
              test_size=200, epochs=2, batch_size=50, learning_rate=0.05, momentum=0.0)
+GRID, HYPER = ("amplitudes", "periods", "seeds"), ("width", "epochs", "batch_size",
+                                                   "learning_rate", "momentum")
 CELL = ("period", "amplitude")
 METRICS = {"test_acc": "test accuracy", "train_acc": "training accuracy"}
 #: Test images of the per-epoch test curves (the final test accuracy uses all of them).
@@ -35,9 +36,8 @@ def load_data(source="auto", *, train_size=2000, test_size=10000, seed=0, flatte
     """Class-stratified subsets `((x_train, y_train), (x_test, y_test), source_used)`.
 
     Args:
-        source: "auto", "keras", "idx" or "tfds" (Fashion-MNIST from that source of
-            `datasets.fashion_mnist`, or the first that works), or "tfds:NAME" for any TFDS
-            image classification set.
+        source: "auto", "keras", "idx" or "tfds" (`datasets.fashion_mnist`'s), or "tfds:NAME"
+            for any TFDS image classification set.
         train_size, test_size: subset sizes (a test size of at least the split's: all of it).
         seed: seed of the subsets.
         flatten: images as vectors (for the MLP), else (H, W) or (H, W, C).
@@ -115,22 +115,18 @@ def _one(*, x_train, y_train, x_test, y_test, amplitude, period, seed, width, ep
                             test_ce=h["val_ce"], test_acc=h["val_accuracy"]))
 
 
-def run(*, amplitudes=DEFAULTS["amplitudes"], periods=DEFAULTS["periods"],
-        seeds=DEFAULTS["seeds"], width=512, train_size=2000, test_size=10000, epochs=60,
-        batch_size=50, learning_rate=0.1, momentum=0.0, data="auto", model="auto", out=None,
-        resume=False, processes=None, progress=True):
+def run(*, out=None, resume=False, processes=None, progress=True, **options):
     """Trains the grid and returns the JSON-ready result.
 
     Args:
-        amplitudes: A values (1: cross-entropy, trained once per seed).
-        periods: periods in epochs (each < `epochs`).
-        seeds: weight and shuffling seeds (the data subsets are fixed, seed 0).
-        width: hidden units (MLP) or filters per layer (CNN).
-        train_size, test_size, epochs, batch_size, learning_rate, momentum: minibatch SGD.
-        data: `load_data`'s `source`.
-        model: "mlp", "myrtle" (`build_model`; inputs standardised with the training subset's
-            pixel mean and std) or "auto": the CNN for "tfds:NAME", else the MLP.
         out, resume, processes, progress: as for `sweep.run` (`out/overparam.jsonl`).
+        **options: over `DEFAULTS` (`MYRTLE_DEFAULTS` for the CNN): `amplitudes` (A values;
+            1: cross-entropy, trained once per seed), `periods` (in epochs, each < `epochs`),
+            `seeds` (of weights and shuffling; the data subsets are fixed, seed 0), `width`
+            (hidden units or CNN filters per layer), `train_size`, `test_size`, `epochs`,
+            `batch_size`, `learning_rate`, `momentum` (minibatch SGD), `data` (`load_data`'s
+            `source`), `model`: "mlp", "myrtle" (`build_model`; inputs standardised with the
+            training subset's pixel mean and std) or "auto" (the CNN for "tfds:NAME").
 
     Returns:
         `sweep.result`'s dict; rows `{amplitude, period, seed, train_acc, test_acc,
@@ -138,40 +134,44 @@ def run(*, amplitudes=DEFAULTS["amplitudes"], periods=DEFAULTS["periods"],
         `train_ce`, `train_acc` (over each epoch's batches), `test_ce`, `test_acc` (on
         `CURVE_TEST_SIZE` test images).
     """
-    model = check_choice("model", model, ("auto", "mlp", "myrtle"))
+    model = check_choice("model", options.get("model", "auto"), ("auto", "mlp", "myrtle"))
     if model == "auto":
-        model = "myrtle" if data.startswith("tfds:") else "mlp"
-    if any(p >= epochs for p in periods):
-        raise invalid("periods", f"periods < epochs={epochs}", tuple(periods))
-    (x_tr, y_tr), (x_te, y_te), source = load_data(data, train_size=train_size,
-                                                   test_size=test_size, flatten=model == "mlp")
-    if len(x_tr) < batch_size:
-        raise invalid("train_size", f"at least batch_size={batch_size} images", len(x_tr))
+        model = "myrtle" if options.get("data", "auto").startswith("tfds:") else "mlp"
+    cfg = sweep.options(MYRTLE_DEFAULTS if model == "myrtle" else DEFAULTS, options)
+    if any(p >= cfg["epochs"] for p in cfg["periods"]):
+        raise invalid("periods", f"periods < epochs={cfg['epochs']}", tuple(cfg["periods"]))
+    (x_tr, y_tr), (x_te, y_te), source = load_data(cfg["data"], flatten=model == "mlp", **{
+        k: cfg[k] for k in ("train_size", "test_size")})
+    if len(x_tr) < cfg["batch_size"]:
+        raise invalid("train_size", f"at least batch_size={cfg['batch_size']} images",
+                      len(x_tr))
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
     preprocessing = "pixels in [0, 1]"
     if model == "myrtle":
         mean, std = float(x_tr.mean()), float(x_tr.std())
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
         preprocessing = f"(x - {mean:.4f}) / {std:.4f} (training-subset pixel mean, std)"
+    width, momentum = cfg["width"], cfg["momentum"]
+    hyper = {k: cfg[k] for k in HYPER}
     settings = dict(
-        width=width, train_size=len(x_tr), test_size=len(x_te), epochs=epochs,
-        batch_size=batch_size, learning_rate=learning_rate, momentum=momentum, data=source,
+        hyper, train_size=len(x_tr), test_size=len(x_te), data=source,
         preprocessing=preprocessing,
         model=(f"Dense({width})-ReLU-Dense({num_classes})" if model == "mlp"
                else f"Myrtle CNN, width {width}"),
         parameters=int(build_model(model, x_tr.shape[1:], num_classes, width).count_params()),
         optimizer="SGD minibatch" + (f", momentum {momentum:g}" if momentum else ""),
         static="the last `period` epochs", curve_test_size=min(len(x_te), CURVE_TEST_SIZE))
-    common = dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, width=width,
-                  epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                  momentum=momentum, model_kind=model, num_classes=num_classes)
+    common = dict(hyper, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+                  model_kind=model, num_classes=num_classes)
+    periods = cfg["periods"]
     jobs = [dict(common, amplitude=float(a), period=None if a == 1 else int(p), seed=int(s))
-            for a in amplitudes for p in (periods[:1] if a == 1 else periods) for s in seeds]
+            for a in cfg["amplitudes"] for p in (periods[:1] if a == 1 else periods)
+            for s in cfg["seeds"]]
     runs = sweep.run(_one, jobs, name="overparam", settings=settings, key=(*CELL, "seed"),
                      out=out, resume=resume, processes=processes, progress=progress)
-    return sweep.result("overparam", runs, config=dict(
-        settings, amplitudes=list(amplitudes), periods=list(periods), seeds=list(seeds)),
-        cell=CELL, metrics=METRICS, baseline=lambda cell: (None, 1.0), tested=["test_acc"])
+    return sweep.result("overparam", runs, cell=CELL, metrics=METRICS,
+                        config=dict(settings, **{k: list(cfg[k]) for k in GRID}),
+                        baseline=lambda cell: (None, 1.0), tested=["test_acc"])
 
 
 def table(result):

@@ -22,8 +22,7 @@ def _git(*args):
 
 
 def _own_checkout():
-    """Whether the folder above the package holds this project's setup.cfg and is the top of
-    its git work tree (not a pip install inside some other repository)."""
+    """Whether the folder above the package is the top of a git checkout of this project."""
     config = configparser.ConfigParser()
     try:
         config.read(os.path.join(_REPO_DIR, "setup.cfg"), encoding="utf-8")
@@ -49,11 +48,10 @@ def provenance():
 
     Returns:
         `{keras_dynloss, git_commit, git_dirty, git_dirty_files, backend, versions, command}`:
-        the package's version; the short commit of the checkout when the package runs from a
-        git checkout of this project (else None, e.g. after `pip install`) and the tracked
-        files under `keras_dynloss/` with uncommitted changes; the Keras backend; the versions
-        of Keras, NumPy, TensorFlow and of JAX or PyTorch when they are the backend; and the
-        process's command line.
+        the package's version; the short commit when the package runs from a git checkout of
+        this project (else None, e.g. after `pip install`) and its uncommitted tracked files
+        under `keras_dynloss/`; the Keras backend; the versions of Keras, NumPy, TensorFlow
+        and of JAX or PyTorch as the backend; the process's command line.
 
     Example:
         >>> provenance()["backend"]

@@ -1,9 +1,5 @@
-"""Statistics for small sets of runs (seeds): describe a cell, compare two cells.
-
-Final accuracies over a handful of seeds are often bimodal (most seeds stall, a few escape),
-so a mean ± std alone misleads: `describe` gives the whole cell, `mann_whitney` compares two
-cells by ranks (SciPy's test, `pip install "keras_dynloss[stats]"`), `holm` adjusts a family
-of p-values.
+"""Statistics for small sets of runs (seeds), whose final accuracies are often bimodal:
+`describe` a whole cell, compare two cells by ranks (`mann_whitney`), adjust p-values (`holm`).
 """
 
 import dataclasses

@@ -1,21 +1,16 @@
 """The skeleton of the grids (`width-sweep`, `overparam`): run, summarise, compare, write.
 
-A sweep is a list of jobs, the keyword arguments of runs of a module-level function that
-returns a JSON-ready row. `run` trains them (inline or in worker processes) and appends each
-finished row to `OUT/<name>.jsonl` at once, so that a crash loses at most the runs in progress:
+`run` appends each finished run to `OUT/<name>.jsonl` at once, so that a crash loses at most
+the runs in progress, and `resume=True` trains only the runs the file lacks:
 
     {"settings": {...}, "provenance": {...}}   where a session (a start or a resume) begins
     {"run": {...}}                             each run, as it finishes
-
-With `resume=True` only the jobs the file lacks are trained, provided the settings are the
-same. `result` groups the rows into cells (x axis, then series), describes each metric of a
-cell (`stats.describe`) and tests it against a baseline cell (`stats.mann_whitney`, Holm over
-each metric's cells); `table` and `write` make the Markdown and the files.
 """
 
 import json
 import math
 import os
+import pathlib
 import time
 import warnings
 
@@ -27,12 +22,19 @@ from keras_dynloss.experiments.provenance import provenance
 from keras_dynloss.experiments.workers import run_jobs
 
 __all__ = ["run", "read_runs", "cells", "summarize", "compare", "rank_tests", "result",
-           "table", "write", "clean_json"]
+           "table", "write", "clean_json", "options"]
+
+
+def options(defaults, given):
+    """`defaults` updated with `given`, whose names must be among the defaults'."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"Unexpected option(s) {unknown}; expected some of {sorted(defaults)}")
+    return dict(defaults, **given)
 
 
 def clean_json(obj, digits=None):
-    """`obj` with NumPy values made plain and NaN / inf as None (strict JSON); floats rounded
-    to `digits` significant digits if given."""
+    """`obj` as strict JSON (NumPy values plain, NaN / inf None, floats to `digits` digits)."""
     if isinstance(obj, dict):
         return {str(k): clean_json(v, digits) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, np.ndarray)):
@@ -54,9 +56,7 @@ def read_runs(path, settings=None):
     `git_commit` of its session; every session must have `settings` if given. A line cut
     short by a crash is skipped with a warning."""
     rows, commit = [], None
-    with open(path) as f:
-        lines = f.read().splitlines()
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -95,40 +95,31 @@ def run(fn, jobs, *, name, settings, key, out=None, resume=False, processes=None
         `git_commit` of the session that ran it.
     """
     start, info = time.perf_counter(), provenance()
-    path = None if out is None else os.path.join(out, f"{name}.jsonl")
+    path = os.devnull if out is None else os.path.join(out, f"{name}.jsonl")
     done = {}
-    if resume and path is not None and os.path.exists(path):
+    if resume and out is not None and os.path.exists(path):
         done = {_key(r, key): r for r in read_runs(path, settings)}
     todo = [job for job in jobs if _key(job, key) not in done]
-    log = None
-    if path is not None:
+    if out is not None:
         os.makedirs(out, exist_ok=True)
-        cut = False
-        if done:
-            with open(path) as f:
-                cut = not f.read().endswith("\n")  # a line cut short: end it first
-        log = open(path, "a" if done else "w")
-        header = json.dumps(clean_json(dict(settings=settings, provenance=info)))
-        log.write("\n" * cut + header + "\n")
+    with open(path, "a+" if done else "w") as log:
+        if done:  # a line cut short by a crash: end it first
+            log.seek(0)
+            log.write("" if log.read().endswith("\n") else "\n")
+        log.write(json.dumps(clean_json(dict(settings=settings, provenance=info))) + "\n")
 
-    def finished(row):
-        done[_key(row, key)] = dict(row, git_commit=info["git_commit"])
-        if log is not None:
+        def finished(row):
+            done[_key(row, key)] = dict(row, git_commit=info["git_commit"])
             log.write(json.dumps(clean_json(dict(run=row))) + "\n")
             log.flush()
 
-    try:
         run_jobs(fn, todo, processes=processes, progress=progress, on_result=finished)
-    finally:
-        if log is not None:
-            log.close()
     return dict(rows=[done[_key(job, key)] for job in jobs], reused_runs=len(jobs) - len(todo),
                 provenance=info, seconds=time.perf_counter() - start)
 
 
 def cells(rows, cell, metric):
-    """`{cell values: [metric of each run]}` over the rows with the metric, sorted (None
-    first)."""
+    """`{cell values: [metric of each run]}` of the rows with the metric, sorted (None first)."""
     groups = {}
     for row in rows:
         if row.get(metric) is not None:
@@ -221,17 +212,15 @@ def write(result, out, name, *, text=None, figure=None, digits=None, indent=1, d
     """Writes `out/<name>.json`, `.md` (`text`, if given) and `.png` (the figure `figure()`
     returns; where matplotlib is missing, a warning instead); returns the paths written."""
     os.makedirs(out, exist_ok=True)
-    paths = [os.path.join(out, f"{name}.json")]
-    with open(paths[0], "w") as f:
-        json.dump(clean_json(result, digits), f, indent=indent)
+    base = os.path.join(out, name)
+    paths = [base + ".json"]
+    pathlib.Path(paths[0]).write_text(json.dumps(clean_json(result, digits), indent=indent))
     if text is not None:
-        paths.append(os.path.join(out, f"{name}.md"))
-        with open(paths[-1], "w") as f:
-            f.write(text + "\n")
+        paths.append(base + ".md")
+        pathlib.Path(paths[-1]).write_text(text + "\n")
     try:
-        fig = figure()
+        figure().savefig(base + ".png", dpi=dpi)
     except ImportError as err:
         warnings.warn(f"No {name}.png: {err}", stacklevel=2)
         return paths
-    fig.savefig(os.path.join(out, f"{name}.png"), dpi=dpi)
-    return paths + [os.path.join(out, f"{name}.png")]
+    return paths + [base + ".png"]

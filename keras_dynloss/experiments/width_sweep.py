@@ -1,32 +1,33 @@
 """Final accuracy on the spiral against network width, amplitude A and seed.
 
-Each run is full-batch GD on the 300 spiral points (`_spiral.train_spiral`: η = 1, T = 5000,
-the last period static) with one of the objectives of `_losses`; its final accuracy is
-measured on the training points and on a held-out spiral with another noise seed. Outcomes
-over seeds are often bimodal, so each (width, A) cell is described by its distribution and
-each A ≠ 1 is compared with A = 1 at the same width (Mann–Whitney U, Holm over the widths).
+Each run is `_spiral.train_spiral` with one of the objectives of `_losses`; each (width, A)
+cell is described by its distribution over seeds (often bimodal) and each A ≠ 1 is compared
+with A = 1 at the same width.
 """
 
 import json
 import math
 import os
+import pathlib
 import warnings
 
 from keras_dynloss._checks import invalid
 from keras_dynloss.experiments import stats, sweep
-from keras_dynloss.experiments._losses import cell_label, spiral_loss
+from keras_dynloss.experiments._losses import SPIRAL, cell_label, spiral_loss
 
 __all__ = ["run", "table", "figure", "write", "load_reference", "compare_reference",
            "DEFAULTS", "QUICK", "REFERENCE"]
 
+GRID = ("widths", "amplitudes", "seeds")
 DEFAULTS = dict(widths=(4, 8, 16, 24, 32, 48), amplitudes=(1.0, 70.0), seeds=tuple(range(10)),
-                steps=70000, period=5000, dtype="float64", loss="ce", learning_rate=1.0)
+                steps=70000, period=5000, dtype="float64", loss="ce", learning_rate=1.0,
+                validation_seed=1)
 QUICK = dict(DEFAULTS, widths=(8, 32), seeds=(0,), steps=400, period=100)
 #: The reference runs shipped with the repository (relative to its root).
 REFERENCE = os.path.join("results", "reference", "spiral_width_reference.json")
 #: The settings of the reference runs; a comparison needs the same.
-REFERENCE_SETTINGS = dict(loss="ce", steps=70000, period=5000, learning_rate=1.0,
-                          dtype="float64")
+REFERENCE_SETTINGS = {k: DEFAULTS[k] for k in ("loss", "steps", "period", "learning_rate",
+                                               "dtype")}
 CELL = ("width", "amplitude")
 METRICS = {"final_acc": "training accuracy", "val_acc": "validation accuracy"}
 
@@ -41,20 +42,17 @@ def _one(**job):
                 seconds=res["seconds"])
 
 
-def run(*, widths=DEFAULTS["widths"], amplitudes=DEFAULTS["amplitudes"],
-        seeds=DEFAULTS["seeds"], steps=70000, period=5000, dtype="float64", learning_rate=1.0,
-        loss="ce", validation_seed=1, reference=None, out=None, resume=False, processes=None,
-        progress=True):
+def run(*, reference=None, out=None, resume=False, processes=None, progress=True, **options):
     """Trains every (width, A, seed) and returns the JSON-ready result.
 
     Args:
-        widths, amplitudes, seeds: the grid.
-        steps, period, dtype, learning_rate, loss: as for `_spiral.build_runner`.
-        validation_seed: noise seed of the held-out spiral (not the training spiral's 0);
-            None: no validation.
         reference: reference rows (`load_reference`) to compare the training accuracy with,
             if the settings are `REFERENCE_SETTINGS` (else a warning and `reference_note`).
         out, resume, processes, progress: as for `sweep.run` (`out/width-sweep.jsonl`).
+        **options: over `DEFAULTS`: `widths`, `amplitudes`, `seeds` (the grid); `steps`,
+            `period`, `dtype`, `learning_rate`, `loss` (as for `_spiral.build_runner`);
+            `validation_seed`, the noise seed of the held-out spiral (not the training
+            spiral's 0; None: no validation).
 
     Returns:
         `sweep.result`'s dict (rows `{width, amplitude, seed, final_acc, val_acc, final_loss,
@@ -64,30 +62,29 @@ def run(*, widths=DEFAULTS["widths"], amplitudes=DEFAULTS["amplitudes"],
     Example:
         >>> result = run(widths=(8,), seeds=(0, 1), steps=400, period=100)
     """
-    for a in amplitudes:  # fail before starting workers
-        spiral_loss(loss, 3, amplitude=a, period=period)
-    if validation_seed == 0:
+    cfg = sweep.options(DEFAULTS, options)
+    for a in cfg["amplitudes"]:  # fail before starting workers
+        spiral_loss(cfg["loss"], 3, amplitude=a, period=cfg["period"])
+    if cfg["validation_seed"] == 0:
         raise invalid("validation_seed", "a noise seed other than the training spiral's 0, "
-                      "or None", validation_seed)
-    settings = dict(loss=loss, steps=steps, period=period, static_after=max(steps - period, 0),
-                    dtype=dtype, learning_rate=learning_rate, validation_seed=validation_seed,
-                    dataset="spiral(points_per_class=100, num_classes=3, revolutions=4, "
-                            "noise=0.2, seed=0)", model="Dense(width)-ReLU-Dense(3)")
-    common = dict(steps=steps, period=period, dtype=dtype, learning_rate=learning_rate,
-                  loss=loss, validation_seed=validation_seed)
+                      "or None", 0)
+    common = {k: v for k, v in cfg.items() if k not in GRID}
+    settings = dict(common, static_after=max(cfg["steps"] - cfg["period"], 0), dataset=SPIRAL,
+                    model="Dense(width)-ReLU-Dense(3)")
     jobs = [dict(common, width=int(w), amplitude=float(a), seed=int(s))
-            for w in widths for a in amplitudes for s in seeds]
-    diff = {k: settings[k] for k, v in REFERENCE_SETTINGS.items() if settings[k] != v}
+            for w in cfg["widths"] for a in cfg["amplitudes"] for s in cfg["seeds"]]
+    diff = {k: cfg[k] for k, v in REFERENCE_SETTINGS.items() if cfg[k] != v}
     note = (f"the reference runs used {REFERENCE_SETTINGS}; this run differs in {diff}"
             if reference and diff else None)
     if note:
         warnings.warn(f"Not comparing with the reference: {note}.", stacklevel=2)
     runs = sweep.run(_one, jobs, name="width-sweep", settings=settings, key=(*CELL, "seed"),
                      out=out, resume=resume, processes=processes, progress=progress)
-    metrics = {m: METRICS[m] for m in METRICS if validation_seed is not None or m != "val_acc"}
-    result = sweep.result("width-sweep", runs, config=dict(
-        settings, widths=list(widths), amplitudes=list(amplitudes), seeds=list(seeds)),
-        cell=CELL, metrics=metrics, baseline=lambda cell: (cell[0], 1.0))
+    metrics = {m: METRICS[m] for m in METRICS if cfg["validation_seed"] is not None
+               or m != "val_acc"}
+    result = sweep.result("width-sweep", runs, cell=CELL, metrics=metrics,
+                          config=dict(settings, **{k: list(cfg[k]) for k in GRID}),
+                          baseline=lambda cell: (cell[0], 1.0))
     if note:
         result.update(reference_comparison=[], reference_note=note)
     elif reference:
@@ -97,10 +94,9 @@ def run(*, widths=DEFAULTS["widths"], amplitudes=DEFAULTS["amplitudes"],
 
 def load_reference(path):
     """The reference rows `{width, amplitude, seed, final_acc}` of a file like `REFERENCE`."""
-    with open(path) as f:
-        data = json.load(f)
     return [dict(width=int(r["width"]), amplitude=float(r["A"]), seed=int(r["seed"]),
-                 final_acc=float(r["final_acc"])) for r in data["runs"]]
+                 final_acc=float(r["final_acc"]))
+            for r in json.loads(pathlib.Path(path).read_text())["runs"]]
 
 
 def compare_reference(rows, reference):

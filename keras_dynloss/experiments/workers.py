@@ -1,11 +1,8 @@
-"""Worker processes for the sweeps: one GPU each with memory growth, a share of the CPU.
+"""Worker processes for the sweeps: one GPU each with memory growth, a share of the CPU."""
 
-`run_jobs` runs independent jobs inline or in a pool of spawned processes; on TensorFlow
-worker i sees only GPU i mod n of the n GPUs, with memory growth (several workers share a
-card), and each worker uses `os.cpu_count() // processes` CPU threads.
-"""
-
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from keras_dynloss._checks import check_int
 
@@ -59,17 +56,16 @@ def _init_worker(threads, counter):
 
 
 def run_jobs(fn, jobs, *, processes=None, progress=True, on_result=None):
-    """`[fn(**job) for job in jobs]`, inline or in spawned worker processes.
+    """`[fn(**job) for job in jobs]` (in job order), inline or in spawned worker processes.
 
     Args:
         fn: a module-level function (picklable).
         jobs: keyword dicts.
-        processes: worker processes (default `os.cpu_count()`; 1 runs inline).
+        processes: worker processes (default `os.cpu_count()`; 1 runs inline); on TensorFlow
+            worker i sees only GPU i mod n, and each uses `os.cpu_count() // processes`
+            CPU threads.
         progress: a `keras.utils.Progbar` over the runs, with an ETA.
         on_result: called with each result as it arrives (in this process).
-
-    Returns:
-        The results, in job order.
     """
     import keras
 
@@ -88,9 +84,6 @@ def run_jobs(fn, jobs, *, processes=None, progress=True, on_result=None):
         for i, job in enumerate(jobs):
             arrived(i, fn(**job))
         return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // processes)
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_init_worker,
