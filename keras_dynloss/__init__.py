@@ -1,9 +1,5 @@
-"""keras_dynloss: dynamical loss functions for Keras 3 (TensorFlow, JAX, PyTorch).
-
-Ruiz-Garcia, Zhang, Schoenholz & Liu, "Tilting the playing field: Dynamical loss
-functions for machine learning" (ICML 2021, arXiv 2102.03793); dynamical MSE from
-Lavin Pallero & Ruiz-Garcia (arXiv 2410.10690).
-"""
+"""keras_dynloss: dynamical loss functions for Keras 3 (TensorFlow, JAX, PyTorch): Ruiz-Garcia
+et al., ICML 2021 (arXiv 2102.03793); dynamical MSE from arXiv 2410.10690."""
 
 import importlib
 import os

@@ -14,27 +14,24 @@ def invalid(name, expected, value):
 
 
 def check_int(name, value, *, minimum=None, maximum=None, allow_none=False):
-    """Returns ``value`` as an int; rejects bools, floats and out-of-range values."""
+    """Returns ``value`` as an int; rejects bools, floats and values outside the bounds."""
     if value is None and allow_none:
         return None
-    if minimum is not None and maximum is not None:
-        expected = f"an integer in [{minimum}, {maximum}]"
-    else:
-        expected = "an integer" + (f" >= {minimum}" if minimum is not None else "") + (
-            f" <= {maximum}" if maximum is not None else "")
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
             or (minimum is not None and value < minimum)
             or (maximum is not None and value > maximum)):
+        expected = (f"an integer in [{minimum}, {maximum}]" if maximum is not None
+                    else "an integer" + (f" >= {minimum}" if minimum is not None else ""))
         raise invalid(name, expected, value)
     return int(value)
 
 
 def check_number(name, value, *, minimum=None, positive=False):
     """Returns ``value`` as a finite float, >= ``minimum`` (or > 0 if ``positive``)."""
-    bound = " > 0" if positive else f" >= {minimum}" if minimum is not None else ""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value) or (positive and value <= 0)
             or (minimum is not None and value < minimum)):
+        bound = " > 0" if positive else f" >= {minimum}" if minimum is not None else ""
         raise invalid(name, "a finite number" + bound, value)
     return float(value)
 

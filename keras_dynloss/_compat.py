@@ -1,8 +1,5 @@
-"""The package's only reaches into private Keras / TensorFlow internals.
-
-Each function wraps one private API that has no public equivalent, says why, and is pinned by
-`tests/test_compat.py`, so that an upgrade that breaks it fails there, not as a wrong result.
-"""
+"""The package's only reaches into private Keras / TensorFlow internals: each function wraps
+one, says why, and is pinned by `tests/test_compat.py` (an upgrade that breaks it fails there)."""
 
 import re
 import sys
@@ -56,13 +53,9 @@ def adam_second_moments(optimizer, variables):
 
 
 def sibling_callbacks(callback):
-    """The callbacks (in order, `callback` included) of the `fit` / `evaluate` call that runs
-    `callback`, or [] outside a `CallbackList`.
-
-    Why private: a Keras callback cannot see the others of its call (to warn about those
-    that monitor the Γ-weighted `loss`, to write into `TensorBoard` folders); this walks up
-    the Python stack to the `CallbackList` that called the hook.
-    """
+    """The callbacks (in order, `callback` included) of the call that runs `callback`, or [].
+    Why private: a callback cannot see the others of its call; this walks up the Python
+    stack (`sys._getframe`) to the `CallbackList` that called the hook."""
     frame = sys._getframe(1)
     for _ in range(8):
         if frame is None:
@@ -76,13 +69,9 @@ def sibling_callbacks(callback):
 
 
 def track(model, name, value):
-    """Sets the attribute `name` of `model` to `value` (a metric or a list of them) so that
-    Keras tracks it (`model.metrics`, `model.metrics_variables`), also once `model` is built.
-
-    Why private: a built layer locks its state tracker (`Layer._lock_state`), and a subclassed
-    model is built before the scheduler or a probe can attach state; Keras itself unlocks
-    `_tracker` around such changes (`Layer.quantize`).
-    """
+    """Sets `model.<name> = value` (metrics) so that Keras tracks it, also on a built model.
+    Why private: a built layer locks its `_tracker`; Keras itself unlocks it around such
+    changes (`Layer.quantize`)."""
     tracker, locked = model._tracker, model._tracker.locked
     tracker.unlock()
     try:

@@ -1,11 +1,7 @@
 """The training state a dynamical loss keeps on its model, and where it reads the step.
 
-`DynamicalLossState` is a metric on the model (never reset per epoch, logging nothing), so
-every backend's trainer maps its variables while the loss runs: `invalid_labels`, counted
-where no assertion can run, and `step`, under JAX a mirror of `optimizer.iterations` (Keras's
-JAX trainer does not map the optimizer's variables while it computes the loss). `attach`
-wraps `train_step` so that each compiled step first sets the mirror from the step's own
-optimizer state (exact under `steps_per_execution`, gradient accumulation, loss scaling).
+The state is a metric, so every trainer maps its variables while the loss runs; under JAX
+its `step` mirrors `optimizer.iterations`, set by each compiled step (see docs/design.md).
 """
 
 import keras
@@ -19,8 +15,6 @@ __all__ = []
 class OptimizerStep:
     """`optimizer.iterations` (under JAX its `mirror`), read inside the compiled step; plain,
     so that `model.save` does not walk into the optimizer a second time through the loss."""
-
-    __slots__ = ("optimizer", "mirror")
 
     def __init__(self, optimizer, mirror=None):
         self.optimizer, self.mirror = optimizer, mirror

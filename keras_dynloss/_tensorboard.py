@@ -1,9 +1,5 @@
-"""TensorBoard scalars keyed by the optimizer step, for the scheduler and the probe.
-
-Keras's `TensorBoard` callback keys batch scalars by its own count and writes only `logs`.
-Γ(t) and probe values go here, keyed by `optimizer.iterations`, into the `train` folder of
-every `TensorBoard` callback of the same `fit` call (and of a `log_dir`), in either order.
-"""
+"""TensorBoard scalars keyed by `optimizer.iterations` (Keras's `TensorBoard` callback keys
+batch scalars by its own count), written beside every `TensorBoard` callback of the call."""
 
 import os
 

@@ -17,20 +17,12 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
     """Drives the model's dynamical losses from the optimizer step, and logs Γ.
 
     At the start of `fit` / `evaluate` it binds the model's dynamical losses (or the one
-    given) to its optimizer (`loss.bind(model)`): Γ(t) is then computed inside the compiled
-    step from `optimizer.iterations`, with no per-batch Python. `evaluate` uses Γ at the
-    current step.
-
-    At each epoch's end it writes into `logs` (so into `History`, the progress bar, and the
-    `CSVLogger` / `TensorBoard` listed *after* it), prefixed by the loss name when the model
-    has several dynamical losses: `gamma_<i>_max` and `gamma_<i>_mean` over the epoch's steps
-    (a value at one step would alias the schedule), and `emphasized_class` at its last step
-    (an int, -1 when Γ ≡ 1). Γ_i(t) goes to TensorBoard as `gamma_<i>`, keyed by the
-    optimizer step, into every `keras.callbacks.TensorBoard` of the same call and `log_dir`.
-
-    A callback that monitors `loss` or `val_loss` (Γ-weighted, oscillating by design) gets a
-    warning: monitor a plain cross-entropy metric (`"val_ce"`). Invalid labels found where no
-    assertion can run raise at the end of the epoch or of `evaluate`.
+    given) to its optimizer (`loss.bind(model)`): Γ(t) is computed inside the compiled step.
+    At each epoch's end it writes `gamma_<i>_max`, `gamma_<i>_mean` (over the epoch's steps)
+    and `emphasized_class` into `logs` (list it before `CSVLogger` / `TensorBoard`), and Γ_i(t)
+    into TensorBoard, keyed by the optimizer step (see the guide's "The scheduler"). It warns
+    about callbacks that monitor the Γ-weighted `loss`, and raises on invalid labels counted
+    where no assertion can run.
 
     Args:
         loss: the dynamical loss to drive; default: all dynamical losses of `model.loss`.

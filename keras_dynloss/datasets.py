@@ -74,8 +74,7 @@ def read_idx(path):
     dtype, ndim = np.dtype(_IDX_TYPES[data[2]]), data[3]
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     array = np.frombuffer(data, dtype, count=int(np.prod(shape)), offset=4 + 4 * ndim)
-    array = array.reshape(shape)
-    return array.astype(dtype.newbyteorder("="))
+    return array.reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _from_keras(split):
@@ -95,10 +94,9 @@ def _from_idx(split, directory=None):
     env = os.environ.get("KERAS_DYNLOSS_FASHION_MNIST")
     folders = [directory] if directory else ([env] if env else []) + list(FASHION_MNIST_DIRS)
     for folder in folders:
-        paths = []
-        for kind in ("images-idx3", "labels-idx1"):
-            stem = os.path.join(folder, f"{prefix}-{kind}-ubyte")
-            paths.append(next((p for p in (stem, stem + ".gz") if os.path.exists(p)), None))
+        stems = [os.path.join(folder, f"{prefix}-{kind}-ubyte")
+                 for kind in ("images-idx3", "labels-idx1")]
+        paths = [next((p for p in (s, s + ".gz") if os.path.exists(p)), None) for s in stems]
         if all(paths):
             x, y = read_idx(paths[0]), read_idx(paths[1])
             if len(x) != len(y):
@@ -110,9 +108,8 @@ def _from_idx(split, directory=None):
 
 def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=None, seed=0,
                   flatten=False, return_source=False):
-    """Fashion-MNIST from the first source that has it, in this order ("auto"): "keras"
-    (Keras's cache or download), "idx" (IDX files in `$KERAS_DYNLOSS_FASHION_MNIST` or
-    `FASHION_MNIST_DIRS`: `apt-get install dataset-fashion-mnist`), "tfds".
+    """Fashion-MNIST from the first source that has it ("auto"): "keras" (cache or download),
+    "idx" (`$KERAS_DYNLOSS_FASHION_MNIST` or `FASHION_MNIST_DIRS`), "tfds".
 
     Args:
         split: "train" (60000 images) or "test" (10000).
@@ -124,8 +121,8 @@ def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=N
         return_source: also return the name of the source used.
 
     Returns:
-        `(x, y)` (and the source): `x` of shape (n, 28, 28) or (n, 784), `y` in [0, 10).
-        A `FileNotFoundError` says what each source lacked when none has it.
+        `(x, y)` (and the source): `x` of shape (n, 28, 28) or (n, 784), `y` in [0, 10); or a
+        `FileNotFoundError` saying what each source lacked.
 
     Example:
         >>> x, y = fashion_mnist("test", num_samples=1000, flatten=True)
@@ -135,7 +132,7 @@ def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=N
     check_choice("split", split, ("train", "test"))
     check_choice("source", source, ("auto", *FASHION_MNIST_SOURCES))
     loaders = {"keras": _from_keras, "idx": lambda split: _from_idx(split, directory),
-               "tfds": lambda split: _tfds_arrays("fashion_mnist", split)}
+               "tfds": lambda split: tfds_dataset("fashion_mnist", split)}
     names = ("idx",) if directory is not None else (
         FASHION_MNIST_SOURCES if source == "auto" else (source,))
     errors = []
@@ -201,23 +198,6 @@ def digits(*, flatten=False):
     return _finish(d.images / 16.0, d.target, None, 0, flatten)
 
 
-def _tfds_arrays(name, split, image_key="image", label_key="label", data_dir=None,
-                 download=True):
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as err:
-        raise ImportError(f"TFDS datasets need tensorflow-datasets: {_DATASETS_EXTRA}.") from err
-    ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
-    chunks = list(tfds.as_numpy(ds.batch(10000)))
-    if not chunks:
-        raise ValueError(f"TFDS split {name!r}/{split!r} is empty.")
-    arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    for arg, key in (("image_key", image_key), ("label_key", label_key)):
-        if key not in arrays:
-            raise invalid(arg, f"a feature of {name!r} ({', '.join(sorted(arrays))})", key)
-    return arrays[image_key], arrays[label_key]
-
-
 def tfds_dataset(name, split="train", *, num_samples=None, image_key="image",
                  label_key="label", data_dir=None, download=True, seed=0, flatten=False):
     """A TensorFlow Datasets set as NumPy arrays, through `tfds.load`.
@@ -236,5 +216,16 @@ def tfds_dataset(name, split="train", *, num_samples=None, image_key="image",
     Example:
         >>> x, y = tfds_dataset("fashion_mnist", "test", num_samples=1000)
     """
-    x, y = _tfds_arrays(name, split, image_key, label_key, data_dir, download)
-    return _finish(x, y, num_samples, seed, flatten)
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise ImportError(f"TFDS datasets need tensorflow-datasets: {_DATASETS_EXTRA}.") from err
+    ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
+    chunks = list(tfds.as_numpy(ds.batch(10000)))
+    if not chunks:
+        raise ValueError(f"TFDS split {name!r}/{split!r} is empty.")
+    arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    for arg, key in (("image_key", image_key), ("label_key", label_key)):
+        if key not in arrays:
+            raise invalid(arg, f"a feature of {name!r} ({', '.join(sorted(arrays))})", key)
+    return _finish(arrays[image_key], arrays[label_key], num_samples, seed, flatten)

@@ -1,10 +1,5 @@
-"""Dynamical losses under `tf.distribute`: the custom-loop helper and the fit check.
-
-Keras 3's `fit` / `evaluate` run under `MirroredStrategy` and a single-worker
-`MultiWorkerMirroredStrategy` (both tested), not under `MultiWorkerMirroredStrategy` with
-several workers (keras-team/keras#20585) nor `ParameterServerStrategy`: there, train with a
-custom loop built on `compute_average_loss` (`examples/multiworker_custom_loop.py`).
-"""
+"""Dynamical losses under `tf.distribute`: the custom-loop helper and the `fit` check (where
+`fit` cannot run, see the guide "Several devices and workers")."""
 
 import keras
 import tensorflow as tf
@@ -19,9 +14,8 @@ def compute_average_loss(loss, y_true, y_pred, *, global_batch_size, sample_weig
     """One replica's share of the dynamical loss, averaged over the global batch.
 
     `L_r = (1/B) Σ_{μ ∈ R} w_μ Γ_{y_μ}(t) ℓ(y_μ, f(x_μ))` over this replica's samples `R`
-    (B: all replicas' samples), so that the gradient all-reduce sums the `L_r` into the
-    one-device loss: `tf.nn.compute_average_loss`, after refusing a reduced or unbound loss
-    (a silently wrong scale or Γ). Call it inside `strategy.run`.
+    (B: all replicas' samples), so that the all-reduce sums the `L_r` into the one-device
+    loss; a reduced or unbound loss is refused. Call it inside `strategy.run`.
 
     Args:
         loss: a dynamical loss built with `reduction="none"` and bound to the optimizer
@@ -56,10 +50,9 @@ def compute_average_loss(loss, y_true, y_pred, *, global_batch_size, sample_weig
 
 
 def check_fit_strategy(model):
-    """Raises `RuntimeError` if Keras's `fit` / `evaluate` cannot run the model's strategy.
-
-    Refused: `MultiWorkerMirroredStrategy` with several workers and `ParameterServerStrategy`.
-    Keras's `fit` fails on these before any callback runs: call this right after `compile`.
+    """Raises `RuntimeError` if Keras's `fit` / `evaluate` cannot run the model's strategy
+    (`MultiWorkerMirroredStrategy` with several workers, `ParameterServerStrategy`), where
+    `fit` fails before any callback runs: call this right after `compile`.
 
     Args:
         model: a `keras.Model` (its `distribute_strategy` is checked).

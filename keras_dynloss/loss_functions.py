@@ -1,13 +1,7 @@
 """Dynamical losses as pure per-sample functions of `(y_true, y_pred, Γ)`, and label checks.
 
-Each function weights a per-sample loss by the class weights Γ (shape (C,)) and returns
-per-sample values (shape `y_pred.shape[:-1]`), in float32 for half-precision `y_pred`.
-
-Labels must be integers in `[0, C)` or probabilities (entries >= 0, rows summing to 1), and
-an invalid one is never clamped: on TensorFlow outside XLA an in-graph assertion raises
-`InvalidArgumentError` before any weight changes; elsewhere (XLA, JAX, PyTorch) the sample
-gets loss and gradient 0 and is counted in `invalid_label_counter` (`DynamicalLossScheduler`
-raises at the epoch's end), or without a counter its loss is NaN (with zero gradient).
+Each returns per-sample values (shape `y_pred.shape[:-1]`), in float32 for half-precision
+`y_pred`. Invalid labels are never clamped (the guide's "Labels" section says what happens).
 """
 
 import keras
@@ -19,21 +13,16 @@ from keras_dynloss._checks import invalid
 __all__ = ["dynamical_crossentropy", "dynamical_mean_squared_error",
            "dynamical_componentwise_mean_squared_error"]
 
-SPARSE, DENSE = "sparse", "dense"
-
 
 def prediction(y_pred):
-    """`y_pred` as a tensor; float16/bfloat16 cast to float32 (a Γ-weighted loss
-    overflows float16, and its log-probabilities lose precision)."""
+    """`y_pred` as a tensor, half precision cast to float32 (Γ-weighted values overflow it)."""
     y_pred = ops.convert_to_tensor(y_pred)
     return ops.cast(y_pred, "float32") if y_pred.dtype in ("float16", "bfloat16") else y_pred
 
 
 def split_labels(y_true, y_pred, num_classes):
-    """`(kind, y, valid)`: SPARSE and int32 labels (shape `y_pred.shape[:-1]`, or with a
-    trailing 1), or DENSE and probabilities (`y_pred`'s shape), invalid samples replaced by
-    class 0 (so every kernel stays in bounds); `valid` the mask for `guard`, or None on
-    TensorFlow outside XLA, where y carries an assertion that every sample is valid."""
+    """`(sparse, y, valid)`: int32 labels (sparse) or probabilities, invalid samples replaced by
+    class 0; `valid` the mask for `guard`, None where an assertion guards y (TF outside XLA)."""
     y_true = ops.convert_to_tensor(y_true)
     pred, true = tuple(y_pred.shape), tuple(y_true.shape)
     if not pred or pred[-1] not in (None, num_classes):
@@ -45,24 +34,23 @@ def split_labels(y_true, y_pred, num_classes):
                                     if a is not None and b is not None):
         raise invalid("y_true", f"integer labels of shape {pred[:-1]} or probabilities of shape "
                       f"{pred}", f"<tensor of shape {true}>")
-    kind = SPARSE if sparse else DENSE
     asserts = keras.backend.backend() == "tensorflow" and not _compat.in_xla_context()
-    if kind == SPARSE:
-        if len(y_true.shape) == len(y_pred.shape):
+    if sparse:
+        if len(true) == len(pred):
             y_true = ops.squeeze(y_true, -1)
         valid = (y_true >= 0) & (y_true < num_classes)
         if "float" in str(y_true.dtype):  # NaN fails every comparison
             valid = valid & (ops.floor(y_true) == y_true)
         if asserts:  # the assertion runs before any kernel reads the labels
-            return kind, _asserted(ops.cast(y_true, "int32"), valid), None
-        return kind, ops.cast(ops.where(valid, y_true, ops.zeros_like(y_true)), "int32"), valid
+            return sparse, _asserted(ops.cast(y_true, "int32"), valid), None
+        return sparse, ops.cast(ops.where(valid, y_true, ops.zeros_like(y_true)), "int32"), valid
     targets = ops.cast(y_true, y_pred.dtype)
     tol = 1e-2 if y_true.dtype in ("float16", "bfloat16") else 1e-3
     valid = ops.all(targets >= 0, axis=-1) & (ops.abs(ops.sum(targets, -1) - 1.0) <= tol)
     if asserts:
-        return kind, _asserted(targets, valid), None
+        return sparse, _asserted(targets, valid), None
     fallback = ops.one_hot(ops.zeros_like(valid, "int32"), num_classes, dtype=targets.dtype)
-    return kind, ops.where(valid[..., None], targets, fallback), valid
+    return sparse, ops.where(valid[..., None], targets, fallback), valid
 
 
 def _asserted(y, valid):
@@ -80,16 +68,15 @@ _MESSAGE = ("Invalid value for argument `y_true`: expected integer class labels 
             "one invalid label.")
 
 
-def class_weight_of(kind, y, class_weights):
+def class_weight_of(sparse, y, class_weights):
     """Per-sample weight: `Γ_{y}` for labels, `Σ_i y_i Γ_i` for probabilities."""
-    if kind == SPARSE:
+    if sparse:
         return ops.take(class_weights, y, axis=0)
     return ops.sum(y * class_weights, axis=-1)
 
 
 def guard(values, valid, counter):
-    """Per-sample `values` with the invalid samples (`valid` False) set to 0 and counted in
-    `counter`, or to NaN without a counter; `valid=None` (asserted instead) leaves them."""
+    """`values` with invalid samples set to 0 and counted in `counter` (NaN without one)."""
     if valid is None:
         return values
     if counter is not None:
@@ -99,7 +86,7 @@ def guard(values, valid, counter):
 
 
 def _inputs(y_true, y_pred, class_weights):
-    """`(y_pred, Γ, kind, y, valid)`: the prediction, Γ of its dtype, and `split_labels`."""
+    """`(y_pred, Γ, sparse, y, valid)`: the prediction, Γ of its dtype, and `split_labels`."""
     y_pred = prediction(y_pred)
     class_weights = ops.cast(class_weights, y_pred.dtype)
     if len(class_weights.shape) != 1 or class_weights.shape[0] is None:
@@ -119,7 +106,7 @@ def dynamical_crossentropy(y_true, y_pred, class_weights, *, from_logits=False,
         class_weights: Γ, shape (C,).
         from_logits: whether `y_pred` holds logits.
         invalid_label_counter: an integer variable counting invalid labels where no
-            assertion can run (see the module docstring), or None.
+            assertion can run, or None (their values are then NaN).
 
     Returns:
         Per-sample losses, shape (B,).
@@ -128,18 +115,18 @@ def dynamical_crossentropy(y_true, y_pred, class_weights, *, from_logits=False,
         >>> dynamical_crossentropy([0, 2], [[2., 0., 0.], [0., 0., 2.]],
         ...                        [2.917, 0.042, 0.042], from_logits=True)
     """
-    y_pred, class_weights, kind, y, valid = _inputs(y_true, y_pred, class_weights)
-    if kind == SPARSE:
+    y_pred, class_weights, sparse, y, valid = _inputs(y_true, y_pred, class_weights)
+    if sparse:
         ce = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=from_logits)
     else:
         ce = keras.losses.categorical_crossentropy(y, y_pred, from_logits=from_logits)
-    return guard(class_weight_of(kind, y, class_weights) * ce, valid, invalid_label_counter)
+    return guard(class_weight_of(sparse, y, class_weights) * ce, valid, invalid_label_counter)
 
 
 def _squared_errors(y_true, y_pred, class_weights):
     """`(targets, valid, Γ, (y - f)²)`, with one-hot targets for integer labels."""
-    y_pred, class_weights, kind, y, valid = _inputs(y_true, y_pred, class_weights)
-    if kind == SPARSE:
+    y_pred, class_weights, sparse, y, valid = _inputs(y_true, y_pred, class_weights)
+    if sparse:
         y = ops.one_hot(y, class_weights.shape[0], dtype=y_pred.dtype)
     return y, valid, class_weights, ops.square(y - y_pred)
 
@@ -154,7 +141,7 @@ def dynamical_mean_squared_error(y_true, y_pred, class_weights, *, invalid_label
         >>> dynamical_mean_squared_error([1], [[0.1, 0.8, 0.1]], [0.5, 2.0, 0.5])
     """
     targets, valid, class_weights, errors = _squared_errors(y_true, y_pred, class_weights)
-    values = class_weight_of(DENSE, targets, class_weights) * ops.mean(errors, axis=-1)
+    values = class_weight_of(False, targets, class_weights) * ops.mean(errors, axis=-1)
     return guard(values, valid, invalid_label_counter)
 
 

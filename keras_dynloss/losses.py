@@ -1,11 +1,8 @@
 """Dynamical losses: a per-sample function (`loss_functions`, or any Keras loss through
-`dynamical`) weighted by a `ClassWeightSchedule` Γ(t) at the optimizer's step t, which
-`DynamicalLossScheduler` (or `loss.bind(model)`) binds.
+`dynamical`) weighted by a `ClassWeightSchedule` Γ(t) at the optimizer's step t.
 
-Every class takes the keyword arguments of `ClassWeightSchedule` (`amplitude`, `period`, ...)
-and Keras's `reduction`, `name` and `dtype` (saved by `model.save`; half precision computes
-in float32, "float64" computes Γ and the loss in float64). `sample_weight` and
-`fit(class_weight=...)` multiply Γ.
+Every class takes the schedule's keyword arguments and Keras's `reduction`, `name` and `dtype`
+(saved by `model.save`; half precision computes in float32, "float64" computes in float64).
 """
 
 import warnings
@@ -24,8 +21,6 @@ __all__ = ["DynamicalLoss", "DynamicalMeanSquaredError", "DynamicalComponentwise
 
 class _Binding:
     """What a loss follows, and its state on a model; plain, so `model.save` does not walk it."""
-
-    __slots__ = ("source", "state", "model")
 
     def __init__(self, source=None, state=None, model=None):
         self.source, self.state, self.model = source, state, model
@@ -56,11 +51,8 @@ class _DynamicalBase(keras.losses.Loss):
         return "float32" if dtype in ("float16", "bfloat16") else dtype
 
     def bind(self, source):
-        """Follows the step of `source`; returns `self`.
-
-        The step t of Γ(t) is the optimizer's `iterations` (read inside the compiled step),
-        the number of *updates* applied so far: the micro-batches of one accumulated update
-        share t, and a step that a `LossScaleOptimizer` skips does not advance it.
+        """Follows the step of `source`; returns `self`. With an optimizer, t is its
+        `iterations`, the number of updates applied (the guide's "What t counts").
 
         Args:
             source: a compiled `keras.Model` (its optimizer; also attaches the state that
@@ -85,8 +77,7 @@ class _DynamicalBase(keras.losses.Loss):
         return self
 
     def at_step(self, step):
-        """A copy fixed at `step` (an int, or an integer scalar tensor inside a traced
-        function), with no state: for probes and analysis."""
+        """A copy fixed at `step` (an int, or an int tensor when traced), with no state."""
         if isinstance(step, int) and not isinstance(step, bool) and step < 0:
             raise invalid("step", "a non-negative step", step)
         fixed = object.__new__(type(self))  # copy.copy would round-trip through get_config
@@ -126,9 +117,8 @@ class _DynamicalBase(keras.losses.Loss):
         y_pred = fn.prediction(y_pred)
         dtype = y_pred.dtype if "float" in str(y_pred.dtype) else self.dtype
         gamma = self.schedule(self.current_step(), dtype=dtype)
-        state = self._binding.state
-        return self._per_sample(y_true, y_pred, gamma, None if state is None else
-                                state.invalid_labels)
+        counter = getattr(self._binding.state, "invalid_labels", None)
+        return self._per_sample(y_true, y_pred, gamma, counter)
 
     def _per_sample(self, y_true, y_pred, gamma, counter):
         return self._function(y_true, y_pred, gamma, invalid_label_counter=counter)
@@ -235,11 +225,11 @@ class Dynamical(_DynamicalBase):
 
     def _per_sample(self, y_true, y_pred, gamma, counter):
         auto = self.classes == "auto"
-        kind, y, valid = fn.split_labels(y_true if auto else self.classes(y_true), y_pred,
+        sparse, y, valid = fn.split_labels(y_true if auto else self.classes(y_true), y_pred,
                                          self.num_classes)
         base = self.loss.call if isinstance(self.loss, keras.losses.Loss) else self.loss
         values = ops.cast(base(y if auto else y_true, y_pred), gamma.dtype)
-        return fn.guard(fn.class_weight_of(kind, y, gamma) * values, valid, counter)
+        return fn.guard(fn.class_weight_of(sparse, y, gamma) * values, valid, counter)
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object

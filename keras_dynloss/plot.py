@@ -1,8 +1,6 @@
-"""Matplotlib figures: Γ(t), a training `History`, a probe's history, a sweep.
-
-Each function returns a `matplotlib.figure.Figure` (that of the axes it is given, if any),
-not registered with pyplot, with no backend chosen: a notebook shows it as a cell's value,
-`fig.savefig("gamma.png")` writes it. Needs `pip install "keras_dynloss[plot]"`.
+"""Matplotlib figures of Γ(t), a `History`, a probe and a sweep (`pip install
+"keras_dynloss[plot]"`): each function returns a `Figure` outside pyplot, shown as a notebook
+cell's value or written by `fig.savefig("gamma.png")`.
 
 Example:
     >>> fig = kd.plot.gamma(kd.ClassWeightSchedule(3, amplitude=70, period=100), 300)
@@ -61,9 +59,8 @@ def gamma(schedule, steps, *, weights=None, ax=None, max_points=20000):
 def history(history, *, ce="ce"):
     """Losses, Γ statistics and the emphasised class of a training run, per epoch.
 
-    Panels, where the logs have them: `loss` and the plain cross-entropy metric `ce` (and
-    their `val_` versions); `gamma_<i>_max` (solid) and `gamma_<i>_mean` (dashed); and
-    `emphasized_class`, as `DynamicalLossScheduler` logs them.
+    Panels, where the logs have them: `loss` and `ce` (and `val_` versions), `gamma_<i>_max`
+    (solid) and `_mean` (dashed), and `emphasized_class` (`DynamicalLossScheduler`'s keys).
 
     Args:
         history: a `keras.callbacks.History` (what `fit` returns) or its `.history` dict.
@@ -125,9 +122,8 @@ def probe(history, *, learning_rate=None, axes=None, step_range=None):
     if axes is None:
         axes = _figure(max(1, len(keys)))[1][:, 0]
     step = np.asarray(logs["step"], dtype=np.float64)
-    shown = np.ones(step.shape, bool)
-    if step_range is not None:
-        shown = (step >= step_range[0]) & (step <= step_range[1])
+    low, high = step_range or (-np.inf, np.inf)
+    shown = (step >= low) & (step <= high)
     for ax, key in zip(axes, keys):
         values = np.asarray(logs[key], dtype=np.float64)
         ax.plot(step[shown], values[shown], ".-", ms=2, lw=0.6)

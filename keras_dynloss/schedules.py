@@ -1,10 +1,5 @@
-"""Class-weight schedules Γ(t): pure functions of the optimizer step, on `keras.ops`.
-
-`ClassWeightSchedule` composes three small pieces: the *emphasis* (which classes period
-`k = t // T` emphasises: cyclic, explicit groups, or a seeded random permutation per cycle),
-the *profile* `h(φ) ∈ [0, 1]` of the phase `φ = (t mod T) / T` (`triangular`, `sine`,
-`square` or your own), and the normalisation `Σ_i Γ_i = C`.
-"""
+"""Class-weight schedules Γ(t): pure functions of the optimizer step, on `keras.ops`:
+which classes a period emphasises, a profile `h` of the phase in it, and a normalisation."""
 
 import keras
 import numpy as np
@@ -65,8 +60,8 @@ def _random_ranks(seed, cycle, num_classes):
 
 
 def _group_masks(class_order, num_classes, group_size):
-    """The checked `class_order` and the (G, C) 0/1 masks of the classes each period of a
-    cycle emphasises (None for "random": drawn per cycle in `emphasis`)."""
+    """The checked `class_order` and the (G, C) 0/1 masks of each period's classes (None for
+    "random": drawn per cycle in `emphasis`)."""
     if class_order == "random":
         return class_order, None
     if class_order == "cyclic":
@@ -88,6 +83,10 @@ def _group_masks(class_order, num_classes, group_size):
     return class_order, masks
 
 
+_ARGUMENTS = ("num_classes", "amplitude", "period", "shape", "normalize", "class_order",
+              "group_size", "static_after", "start_after", "seed")
+
+
 @keras.saving.register_keras_serializable(package="keras_dynloss")
 class ClassWeightSchedule:
     """Γ(t): the per-class weights of a dynamical loss at optimizer step `t`.
@@ -98,17 +97,15 @@ class ClassWeightSchedule:
 
     Args:
         num_classes: C (>= 2).
-        amplitude: A >= 1, the emphasised raw weight's ratio to the others at the profile's
-            peak (A = 1 is the plain loss); or a schedule `A(t)` >= 1, e.g. a Keras
-            `LearningRateSchedule` decaying to 1 (register a custom callable to save it).
+        amplitude: A >= 1, the emphasised raw weight's ratio to the others at the peak (A = 1
+            is the plain loss), or a schedule `A(t)` >= 1 such as a `LearningRateSchedule`.
         period: T, steps per period (>= 1).
         shape: "triangular" (the paper's), "sine", "square", or a `keras.ops` callable
             `h(phase in [0, 1)) -> [0, 1]` (register it to save it).
         normalize: rescale so that `Σ_i Γ_i = C`.
         class_order: "cyclic" (period k emphasises group `k mod G`), "random" (a seeded
             permutation every cycle of G periods), or a sequence of classes or groups.
-        group_size: classes emphasised together per period ("cyclic" and "random");
-            `G = ceil(C / group_size)`.
+        group_size: classes emphasised together per period; `G = ceil(C / group_size)`.
         static_after: step from which Γ ≡ 1 (the paper's last, static period), or None.
         start_after: steps of Γ ≡ 1 before the first period (a static warm-up), or None.
         seed: seed of the "random" order.
@@ -162,12 +159,8 @@ class ClassWeightSchedule:
         return ops.cast(mask, "float32")
 
     def __call__(self, step, dtype="float32"):
-        """Γ(step), shape `step.shape + (C,)`, of `dtype`.
-
-        Args:
-            step: integer step(s) t >= 0, any shape (a tensor inside a compiled step).
-            dtype: float dtype of the result.
-        """
+        """Γ(step) of `dtype`, shape `step.shape + (C,)`, for integer step(s) t >= 0 (a tensor
+        inside a compiled step)."""
         t = ops.convert_to_tensor(step)
         if "int" not in str(t.dtype):
             t = ops.cast(t, "int32")
@@ -215,10 +208,7 @@ class ClassWeightSchedule:
         return type(self)(**dict(self._arguments(), period=period))
 
     def _arguments(self):
-        return dict(num_classes=self.num_classes, amplitude=self.amplitude, period=self.period,
-                    shape=self.shape, normalize=self.normalize, class_order=self.class_order,
-                    group_size=self.group_size, static_after=self.static_after,
-                    start_after=self.start_after, seed=self.seed)
+        return {name: getattr(self, name) for name in _ARGUMENTS}
 
     def get_config(self):
         return {key: keras.saving.serialize_keras_object(value) if callable(value) else value

@@ -1,12 +1,10 @@
 """What only a backend can do, one module per Keras backend (the rest is on `keras.ops`).
 
 `get()` returns `keras_dynloss.backend.tensorflow`, `.jax` or `.torch`, imported on first use.
-Each defines `uniform(shape, seed, dtype)` (on [-1, 1)) and `normal(shape, seed, dtype)`, a
-function of `seed` (int32 (2,)) alone; `compile_function(fn, *, jit_compile=False)`; and the
-autodiff primitives of the curvature products, for `fn` mapping an array `theta` to a scalar
-or an array: `value_and_grad -> (value, grad)`, `linearize_grad -> (value, grad, v -> H v)`,
-`linearize -> (out, w -> J w, u -> J^T u)`, `jacobian -> (out, J)` (`J` of shape
-`out.shape + theta.shape`).
+Each defines `uniform(shape, seed, dtype)` (on [-1, 1)) and `normal(shape, seed, dtype)` of
+`seed` (int32 (2,)) alone, `compile_function(fn, *, jit_compile=False)`, and for `fn` of an
+array `theta`: `value_and_grad -> (value, grad)`, `linearize_grad -> (value, grad, v -> H v)`,
+`linearize -> (out, w -> J w, u -> J^T u)`, `jacobian -> (out, J of out.shape + theta.shape)`.
 """
 
 import importlib

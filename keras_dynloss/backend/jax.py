@@ -21,9 +21,6 @@ def compile_function(fn, *, jit_compile=False):
     return jax.jit(fn)
 
 
-# -- autodiff primitives of the curvature products ----------------------------------------
-
-
 def value_and_grad(fn, theta):
     return jax.value_and_grad(fn)(theta)
 

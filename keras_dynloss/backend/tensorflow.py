@@ -15,9 +15,6 @@ def compile_function(fn, *, jit_compile=False):
     """`fn` as one compiled graph (`tf.function` without AutoGraph; XLA if `jit_compile`)."""
     return tf.function(fn, autograph=False, jit_compile=jit_compile, reduce_retracing=True)
 
-
-# -- autodiff primitives of the curvature products ----------------------------------------
-
 _ZERO = tf.UnconnectedGradients.ZERO
 
 

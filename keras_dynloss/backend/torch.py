@@ -29,11 +29,8 @@ def compile_function(fn, *, jit_compile=False):
     return fn
 
 
-# -- autodiff primitives of the curvature products ----------------------------------------
-# Results are detached: the graph recorded here lives only in the returned closures.
-
-
 def _leaf(theta):
+    """`theta` as a new leaf: results are detached, the graph lives only in the closures."""
     return theta.detach().requires_grad_(True)
 
 
