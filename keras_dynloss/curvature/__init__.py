@@ -1,7 +1,5 @@
-"""Curvature of a Keras model on every backend: operators `v -> A v` (loss Hessian,
-Gauss-Newton, empirical NTK), algorithms on any such callable (Lanczos, Hutchinson, spectral
-density), one-call entry points, and probes during training (`CurvatureProbe`, a callback;
-`InStepProbe`, inside a compiled training step). Example:
+"""Curvature of a Keras model on every backend (Hessian, Gauss-Newton, NTK): operators,
+algorithms on any `v -> A v`, entry points and probes during training. Example:
 
     >>> hessian_eigenvalues(model, model.loss, (x, y), k=3).eigenvalues
 """

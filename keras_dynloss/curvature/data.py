@@ -1,10 +1,5 @@
-"""Data of curvature operators: one batch, or a dataset read once into memory.
-
-A curvature operator is a fixed matrix only if every product sees the same samples, and a
-shuffling, augmenting or infinite `tf.data.Dataset` would not give them. So an operator
-reads its data once, when it is built: an `(x, y[, sample_weight])` batch of arrays or
-tensors is one batch; a dataset of them is read to its end or to `num_batches` batches (an
-infinite or unknown-length one is refused without `num_batches`).
+"""Data of curvature operators: one `(x, y[, sample_weight])` batch, or a dataset read once
+into memory, so that every product sees the same samples.
 
 Example:
     >>> batches = read_batches(dataset.take(4))     # [(x, y, sample_weight or None)]
@@ -49,7 +44,8 @@ def _batch(element):
 
 
 def read_batches(data, num_batches=None):
-    """Reads `data` once: a list of `(x, y, sample_weight or None)` (see the module)."""
+    """Reads `data` once: a list of `(x, y, sample_weight or None)`; a dataset to its end or
+    to `num_batches` batches (an infinite or unknown-length one needs `num_batches`)."""
     num_batches = _checks.check_int("num_batches", num_batches, minimum=1, allow_none=True)
     if not is_dataset(data):
         if num_batches is not None:

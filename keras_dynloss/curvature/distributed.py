@@ -1,15 +1,8 @@
 """Curvature products across the replicas of a one-machine `tf.distribute.MirroredStrategy`.
 
-With R > 1 replicas the batch's N rows are split into R contiguous shards (sizes
-differing by at most one), each recorded on its replica's device. Hessian / Gauss-Newton:
-`A v = sum_r N_r A_r v / N`, `A_r` the operator of shard r's mean loss, exact for a loss
-averaged over samples (added losses enter every shard whole, weights summing to 1). NTK:
-each replica's VJP on its rows, summed, then each replica's JVP (`ntk_pieces_matvec`).
-
-Products are placed with `tf.device` from cross-replica context, not `strategy.run`:
-inside a replica context Keras divides mean losses by the number of replicas. With
-`training=True`, BatchNormalization uses per-shard statistics, as in training under the
-strategy.
+Each replica records a contiguous shard of the batch (`A v = sum_r N_r A_r v / N`), placed
+with `tf.device` from cross-replica context: in a replica context (`strategy.run`) Keras
+would divide mean losses by the number of replicas.
 
 Example:
     >>> devices = replica_devices(model)      # None off a multi-replica MirroredStrategy
@@ -65,7 +58,7 @@ def sharded_curvature_fn(fn, devices):
                     terms.append(weight * lin(v))
             return tf.add_n(terms)
 
-        return products.Linearized(matvec)
+        return matvec
 
     return sharded
 
@@ -82,6 +75,6 @@ def sharded_ntk_fn(flat, devices, *, trace_outputs=True, training=False):
                     lambda b: flat.outputs(theta, non_trainable, x_r, block=b, training=training),
                     flat.select(theta))
             pieces.append((start, stop, jvp, vjp, lambda device=device: tf.device(device)))
-        return products.Linearized(products.ntk_pieces_matvec(pieces, out.shape[1], trace_outputs))
+        return products.ntk_pieces_matvec(pieces, out.shape[1], trace_outputs)
 
     return sharded

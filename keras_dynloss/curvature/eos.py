@@ -1,8 +1,5 @@
-"""Edge of stability of the optimizer in use: the ratio of curvature to its threshold.
-
-Gradient descent on a quadratic of curvature `lambda` is stable while `lambda` is below a
-threshold; `eos_ratio = lambda / threshold` is 1 at the edge of stability (Cohen et al.,
-2021 and 2022). With `eta` the learning rate of the next update:
+"""Edge of stability of the optimizer in use: `eos_ratio = lambda / threshold`, 1 at the edge
+of stability (Cohen et al., 2021 and 2022), with `eta` the learning rate of the next update:
 
 | optimizer | curvature | `eos_ratio` |
 |---|---|---|
@@ -10,11 +7,8 @@ threshold; `eos_ratio = lambda / threshold` is 1 at the edge of stability (Cohen
 | `SGD(eta, momentum=mu, nesterov=True)` | `lambda_max(H)` | `lambda eta (1+2mu) / (2+2mu)` |
 | `Adam` / `AdamW(eta, beta_1)` | `lambda_max(P^-1 H)` | `lambda eta (1-b1) / (2+2b1)` |
 
-At `eta = 0` (a warmup's start) no update is taken: NaN. Adam's `P = diag(sqrt(v_hat) +
-eps_hat)` is Keras's after `t = optimizer.iterations` updates (second moments `v`, their
-running maximum with amsgrad; `v_hat = v / (1 - beta_2^t)`, `eps_hat = eps / sqrt(1 -
-beta_2^t)`); `lambda_max(P^-1 H)` is that of `P^-1/2 H P^-1/2`, NaN before the first update.
-AdamW's weight decay does not enter.
+NaN at `eta = 0`, and for Adam before its first update. Adam's `P` is Keras's own
+(`inverse_sqrt_preconditioner`); AdamW's weight decay does not enter.
 
 Example:
     >>> ratio(keras.optimizers.SGD(0.1, momentum=0.9), 30.0)   # 30 * 0.1 / 3.8
@@ -26,7 +20,6 @@ import math
 import keras
 import numpy as np
 from keras import ops
-
 
 
 def unwrap(optimizer):
@@ -64,9 +57,9 @@ def ratio(optimizer, curvature, rate=None):
 
 
 def inverse_sqrt_preconditioner(optimizer, moments, step, dtype):
-    """`P^-1/2` (n,) in `dtype` from the values `moments` of Adam's second-moment slots
-    (`_compat.adam_second_moments`, in the order of the flat parameters) after `step` (>= 1)
-    updates."""
+    """`P^-1/2` (n,) in `dtype` after `step` >= 1 updates, `P = sqrt(v / c) + eps / sqrt(c)`,
+    `c = 1 - beta_2^step`, `v` the `moments` of Adam's second-moment slots in flat order (their
+    running maximum with amsgrad, `_compat.adam_second_moments`)."""
     t = ops.cast(ops.maximum(step, 1), dtype)
     correction = 1.0 - ops.power(ops.convert_to_tensor(float(optimizer.beta_2), dtype), t)
     v = ops.concatenate([ops.reshape(ops.cast(m, dtype), (-1,)) for m in moments])

@@ -1,14 +1,6 @@
-"""Layers that TensorFlow cannot differentiate twice, named.
-
-Some TensorFlow ops have a gradient whose own gradient is not registered (bicubic
-`Resizing`: `ResizeBicubicGrad`). A Hessian or NTK product through such a layer fails
-deep inside TensorFlow with a bare `LookupError`; `compile_guarded` turns it into a
-`NotTwiceDifferentiableError` that names the layer and the op.
-
-Example:
-    >>> product = compile_guarded(flat, product_fn, x)
-    >>> product(theta, state, v, x, y, None)   # raises NotTwiceDifferentiableError
-"""
+"""Layers that TensorFlow cannot differentiate twice (bicubic `Resizing`: `ResizeBicubicGrad`
+has no gradient), named: `compile_guarded` turns the bare `LookupError` of a Hessian or NTK
+product into a `NotTwiceDifferentiableError` naming the layer and the op."""
 
 import re
 
@@ -32,8 +24,7 @@ class NotTwiceDifferentiableError(ValueError):
 
 
 def _owner(flat, op_type, x, training):
-    """`(name, class name)` of the innermost layer whose name scope holds an op of `op_type`
-    in the traced graph of `d sum(outputs) / d theta`, or None."""
+    """`(name, class name)` of the innermost layer with an `op_type` op in `d sum(f) / d theta`."""
     import tensorflow as tf
 
     def first(theta, non_trainable, x):
@@ -55,7 +46,11 @@ def _owner(flat, op_type, x, training):
 def compile_guarded(flat, fn, x, *, training=False, jit_compile=False):
     """`fn`, products of `flat` in mode `training`, compiled for the backend; on TensorFlow,
     a missing second derivative raises `NotTwiceDifferentiableError`, the layer found in the
-    name scopes of the first derivative traced (not run) on the input batch `x`."""
+    name scopes of the first derivative traced (not run) on the input batch `x`.
+
+    Example:
+        >>> product = compile_guarded(flat, product_fn, x)
+    """
     compiled = backend.get().compile_function(fn, jit_compile=jit_compile)
     if backend.name() != "tensorflow":
         return compiled

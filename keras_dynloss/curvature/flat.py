@@ -1,10 +1,5 @@
-"""A Keras model's outputs and loss as pure functions of one flat parameter vector.
-
-`theta` (n,) holds every trainable variable in `model.trainable_variables` order, each
-flattened row-major. An operator acts on a *block* (m,) of it, the variables chosen with
-`variables=`; the others keep their values (the diagonal block of the full operator). The
-forward pass is `model.stateless_call` on `theta` and the non-trainable values passed in,
-its updated state dropped: it runs in any graph or eagerly and never changes the model.
+"""A Keras model's outputs and loss as pure functions of one flat parameter vector `theta`, by
+`model.stateless_call`: they run in any graph or eagerly and never change the model.
 
 Example:
     >>> flat = FlatParameters(model, variables=[model.layers[-1]])
@@ -16,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dynloss import _checks
+from keras_dynloss import _checks, _compat
 
 
 def _chosen(model, variables):
@@ -37,7 +32,9 @@ def _chosen(model, variables):
 
 
 class FlatParameters:
-    """The flat vector `theta` of a model's trainable variables, and a block of it.
+    """The flat vector `theta` (n,) of a model's trainable variables, in
+    `model.trainable_variables` order, each flattened row-major, and a block (m,) of it: the
+    variables an operator acts on, the others held fixed (a diagonal block).
 
     Args:
         model: a built `keras.Model`.
@@ -47,15 +44,12 @@ class FlatParameters:
     Attributes:
         size: m, the block's length (the operator's size).
         num_parameters: n, the length of `theta`.
-        dtype: the dtype of `theta` (the widest trainable-variable dtype; float32 under
-            mixed precision).
+        dtype: the dtype of `theta`, the widest of the trainable variables' (mixed: float32).
     """
 
     def __init__(self, model, variables=None):
         if not isinstance(model, keras.Model) or not model.built or not model.trainable_variables:
             raise _checks.invalid("model", "a built keras.Model with trainable variables", model)
-        from keras_dynloss import _compat
-
         self.model = model
         every = model.trainable_variables
         self.shapes = [tuple(v.shape) for v in every]
@@ -94,9 +88,7 @@ class FlatParameters:
         return ops.concatenate([theta[self._offsets[i]:self._offsets[i + 1]] for i in self.chosen])
 
     def embed(self, block):
-        """The vector (n,) with `block` (m,) at the chosen entries and zeros elsewhere: with
-        `select`, a product of the whole model gives its block's,
-        `A_bb v = select(A embed(v))`."""
+        """`block` (m,) at the chosen entries of a zero (n,): `A_bb v = select(A embed(v))`."""
         return self.flatten(self.values(ops.zeros((self.num_parameters,), block.dtype), block))
 
     def values(self, theta, block=None):
@@ -112,12 +104,8 @@ class FlatParameters:
 
     def forward(self, theta, non_trainable, x, *, block=None, training=False,
                 return_losses=False):
-        """The model's outputs on `x` at `theta` (and `block`); with `return_losses` also the
-        list of its added losses (regularisers), each cast to `dtype`.
-
-        A mixed-precision layer (float32 variables, 16-bit compute, where second derivatives
-        lose about three digits) computes in its variable dtype meanwhile.
-        """
+        """The model's outputs on `x` at `theta` (and `block`) and, with `return_losses`, its
+        added losses cast to `dtype`; mixed-precision layers compute in their variable dtype."""
         takes_training = "training" in self.model.call_signature_parameters
         kwargs = {"training": training} if takes_training else {}
         for layer, policy in self._mixed:

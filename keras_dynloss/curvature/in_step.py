@@ -1,22 +1,4 @@
-"""`InStepProbe`: a `CurvatureProbe` run inside the training step.
-
-The plug-in contract: a training step calls `in_step.maybe_probe()`, with no arguments,
-where the parameters are those of step `optimizer.iterations` (the spiral runner: before
-each update and after the last). At a multiple of `every_n_steps` not yet probed, the
-probe's `program.Program.fn` runs there on the fixed batch, its results into a row of
-preallocated buffers; `flush()` records the rows into the probe's `history` (or CSV),
-TensorBoard and `logs`, and empties the buffers.
-
-* TensorFlow: graph code in the compiled step (one XLA computation with `jit_compile`).
-* JAX: call it inside a `keras.StatelessScope` mapping every variable of the model to the
-  step's values, and carry the new values of the metrics variables out of the step, as
-  Keras's trainers do: the buffers, warm starts and counters are the variables of a
-  `keras.metrics.Metric` attached to the model (`ProbeState`), written by `assign`s.
-* PyTorch: it runs eagerly.
-
-Memory: `capacity + 1` rows of a few numbers (a step that does not probe writes the last,
-scratch row) and one warm start per Lanczos target.
-"""
+"""`InStepProbe`: a `CurvatureProbe` run inside the training step."""
 
 import keras
 import numpy as np
@@ -42,10 +24,10 @@ class ProbeState(keras.metrics.Metric):
                                      aggregation="only_first_replica")
 
         rows = (capacity + 1,)  # the last: scratch
-        # rows since the flush, due probes missed, probes taken, the step last probed
-        self.count, self.missed, self.total = (add(n, (), "int32") for n in ("count", "missed",
-                                                                            "total"))
-        self.last = add("last", (), "int32", last)
+        # rows since the flush, due probes missed, probes taken
+        self.count, self.missed, self.total = (add(n, (), "int32")
+                                               for n in ("count", "missed", "total"))
+        self.last = add("last", (), "int32", last)  # the step last probed
         self.steps = add("steps", rows, "int32")
         self.rates = add("learning_rates", rows, krylov_dtype())
         self.buffers = [add(f"result_{i}", rows + tuple(s.shape), s.dtype)
@@ -76,7 +58,12 @@ def _write_row(variable, row, value):
 
 
 class InStepProbe(keras.callbacks.Callback):
-    """Runs `probe` inside a compiled training step (see the module).
+    """Runs `probe` inside a compiled training step.
+
+    The step calls `maybe_probe()` where the parameters are those of step
+    `optimizer.iterations`; a due probe writes a row of buffers (`capacity + 1` rows), `flush()`
+    records them. JAX: call it in a `keras.StatelessScope` of the step's values and carry the
+    metrics variables (`ProbeState`, on the model) out, as Keras's trainers do.
 
     Args:
         probe: a `CurvatureProbe` with `every_n_steps` and a fixed batch `(x, y)`; its
@@ -85,9 +72,8 @@ class InStepProbe(keras.callbacks.Callback):
             `callbacks`), e.g. `steps_per_epoch // every_n_steps + 2`. A probe due while the
             buffers are full is not taken: it is counted, and the next `flush` raises.
 
-    Use: `in_step.build(model)` after `compile` (before the compiled step is traced; after
-    the loss's schedule is final), `in_step.maybe_probe()` in the training step, and
-    `in_step` in `callbacks` (or call `flush()`).
+    Use: `build(model)` after `compile` and the loss's schedule, and `in_step` in `callbacks`
+    (or call `flush()`).
 
     Example:
         >>> in_step = InStepProbe(CurvatureProbe((x, y), every_n_steps=25), capacity=200)

@@ -1,12 +1,7 @@
-"""Lanczos on a symmetric operator `v -> A v`, written once on `keras.ops`.
-
-`m` steps from a unit `q_0` build orthonormal rows `Q` (m, n) of the Krylov space
-`span{q_0, A q_0, ..., A^{m-1} q_0}` and the tridiagonal `T = Q A Q^T`. One step
-(`lanczos_step`) has two drivers: `lanczos_loop`, an `ops.while_loop` for graphs
-(`tf.function`, XLA, `jax.jit`; eager on PyTorch), and a Python loop for any callable, NumPy
-included (`lanczos_tridiagonal`, `lanczos`). Arithmetic is in `krylov_dtype()`, products with
-`ops.einsum` (on PyTorch Keras's `matmul`, `dot` and `norm` return float32 for float64).
-"""
+"""Lanczos on a symmetric operator `v -> A v`, written once on `keras.ops`: `lanczos_step`
+driven by `lanczos_loop` (an `ops.while_loop`, for graphs) or from Python for any callable
+(`lanczos_tridiagonal`, `lanczos`), in `krylov_dtype()`. Products use `ops.einsum`: on
+PyTorch Keras's `matmul`, `dot` and `norm` return float32 for float64."""
 
 import collections
 import warnings
@@ -18,9 +13,8 @@ from keras import ops
 from keras_dynloss import _checks, backend
 from keras_dynloss.curvature.results import EigenResult, LanczosDecomposition
 
-#: A run of `lanczos_loop` (tensors). `alphas`, `betas` (m,): `betas[j]` is the residual
-#: norm after step `j` (0 at a breakdown). `basis` (m, n): rows `q_0 .. q_{steps-1}`, zero
-#: beyond. `steps`, `breakdowns`: int32 scalars.
+#: A run of `lanczos_loop`: `alphas`, `betas` (m,) (`betas[j]` the residual norm after step
+#: `j`, 0 at a breakdown), `basis` (m, n) (rows beyond `steps` zero), `steps`, `breakdowns`.
 LanczosRun = collections.namedtuple("LanczosRun", "alphas betas basis steps breakdowns")
 _State = collections.namedtuple("_State", "steps q basis alphas betas breakdowns done")
 _WHICH = ("largest", "smallest", "magnitude")
@@ -61,12 +55,7 @@ def _continues(state, order):
 
 
 def _tridiagonal_eigh(alphas, betas, steps):
-    """Eigenpairs `(theta (m,), s (m, m))` of `T_steps`, largest first, on the static shape.
-
-    Rows `>= steps` are decoupled with a diagonal below the spectrum of `T_steps` (whose
-    eigenvalues lie within `max|alpha| + 2 max|beta|`), so the first `steps` pairs are those
-    of `T_steps`, their vectors zero beyond row `steps`.
-    """
+    """Eigenpairs `(theta (m,), s (m, m))` of `T_steps`, largest first (rows `>= steps` sunk)."""
     m = alphas.shape[0]
     index = ops.arange(m)
     low = -2.0 * (ops.max(ops.abs(alphas)) + 2.0 * ops.max(ops.abs(betas))) - 1.0
@@ -78,15 +67,10 @@ def _tridiagonal_eigh(alphas, betas, steps):
 
 def lanczos_step(matvec, state, *, order, tol=None, k=1, min_steps=1, restart=True, seed=0,
                  branch=ops.cond):
-    """Step `j`: writes `q_j` into the basis, sets `alpha_j`, `beta_j` and the next `q`.
-
-    A breakdown (`beta_j <= eps^(3/4) max|T|`: the Krylov space is invariant to rounding)
-    sets `beta_j = 0` and, before the last step, is counted and restarts the run from a
-    random vector orthogonal to the basis (seed `backend.fold_in(seed, j)`), or stops it
-    without `restart`. Arguments as in `lanczos_loop`; `branch(pred, true_fn, false_fn)` is
-    `ops.cond` in graphs and a Python `if` on the host (an eager `ops.cond` compiles both
-    branches on every call under JAX).
-    """
+    """Step `j`: writes `q_j`, `alpha_j`, `beta_j` and the next `q`. A breakdown
+    (`beta_j <= eps^(3/4) max|T|`) sets `beta_j = 0` and, before the last step, is counted and
+    restarts from a random vector orthogonal to the basis (seed `fold_in(seed, j)`), or stops
+    without `restart`. Arguments as in `lanczos_loop`; `branch`: `ops.cond` or a Python `if`."""
     j, q, basis, alphas, betas, breakdowns, _ = state
     dtype = keras.backend.standardize_dtype(q.dtype)
     basis = ops.slice_update(basis, (j, 0 * j), q[None])
@@ -159,8 +143,7 @@ def ritz(run, k=1):
     `u_i = Q^T s_i` has residual `||A u_i - theta_i u_i|| = beta_{steps-1} |s_i[steps-1]|`.
 
     Returns:
-        `(values (k,), residuals (k,), vectors (n, k))` tensors; NaN values and residuals
-        and zero vectors beyond the steps taken.
+        `(values (k,), residuals (k,), vectors (n, k))`; NaN and zero beyond the steps taken.
     """
     _checks.check_int("k", k, minimum=1, maximum=run.alphas.shape[0])
     theta, s = _tridiagonal_eigh(run.alphas, run.betas, run.steps)

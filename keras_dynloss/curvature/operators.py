@@ -1,11 +1,5 @@
-"""Curvature operators of a Keras model and the one-call entry points.
-
-An operator is a callable `v -> A v` on the block (m,) of the chosen trainable parameters
-(see `flat`): NumPy in, NumPy out of the same dtype; tensor in, tensor out; one compiled
-call a product (`products`), in the parameters' dtype (float32 under mixed precision).
-Nothing here changes the model, its BatchNorm statistics or its optimizer. Over the
-batches read once (`data`), `L = sum_b N_b L_b / sum_b N_b`.
-"""
+"""Curvature operators `v -> A v` of a Keras model on the block (m,) of chosen parameters
+(`flat`), one compiled call a product (`products`), and the one-call entry points."""
 
 import keras
 import numpy as np
@@ -20,8 +14,7 @@ from keras_dynloss.curvature.lanczos import lanczos
 from keras_dynloss.curvature.results import EigenResult
 from keras_dynloss.curvature.trace import hutchinson_trace, spectral_density
 
-#: `ntk_eigenvalues(algorithm="auto")` forms the Jacobian only up to this many bytes
-#: (`8 N K m`, float64); above, it runs matrix-free Lanczos.
+#: `ntk_eigenvalues(algorithm="auto")` forms the Jacobian (`8 N K m` bytes) up to this size.
 DENSE_NTK_MAX_BYTES = 2**28
 
 
@@ -77,8 +70,7 @@ class HessianOperator(_Operator):
         model: a built `keras.Model`.
         loss: `loss(y, outputs[, sample_weight])`, e.g. a `keras.losses.Loss`; a dynamical
             loss bound to no step is taken at the model's optimizer step.
-        data: an `(x, y[, sample_weight])` batch or a `tf.data.Dataset` of them, read once
-            (`data.read_batches`).
+        data: an `(x, y[, sample_weight])` batch or a `tf.data.Dataset` of them, read once.
         variables: None (every trainable variable) or variables and/or layers: the block.
         operator: `"hessian"` or `"gauss_newton"`.
         num_batches: read only the first batches of a dataset.
@@ -143,7 +135,6 @@ class NTKOperator(_Operator):
 
     Traced (default): `Theta = sum_c J_c J_c^T`, (N, N); full: `Theta = J J^T`, (N*K, N*K),
     rows `i*K + c`; `J_c[i] = d f_c(x_i) / d theta` (the outputs flattened to K channels).
-    Each product records the forward pass once and runs the K channels on it.
 
     Args:
         model: a built `keras.Model`.

@@ -1,5 +1,4 @@
-"""`CurvatureProbe`: Hessian, Gauss-Newton and NTK spectra of a model during training, a
-callback on every backend; each probe is one call of the compiled `program.Program.fn`."""
+"""`CurvatureProbe`: Hessian, Gauss-Newton and NTK spectra during training, a callback."""
 
 import csv
 import os
@@ -22,28 +21,15 @@ _FLAGS = ("per_layer", "warm_start", "trace", "ntk", "ntk_trace_outputs", "eos_r
 class CurvatureProbe(keras.callbacks.Callback):
     """Measures curvature on a probe batch every N steps (or epochs) of `fit`.
 
-    Each probe (one compiled call, `program`) runs Lanczos on the loss Hessian `H` (or the
-    Gauss-Newton `G`) and, if asked, per layer, on the NTK and on Adam's `P^-1/2 H P^-1/2`
-    (`eos`), and Hutchinson on `tr(H)`.
-
-    Logged (`<op>`: `hessian` or `gauss_newton`): `<op>_max_eig`, `<op>_eig_2` ..
-    `<op>_eig_<top_k>`, `<op>_max_eig_residual` (`||A u - lambda u||`, a bound on the error),
-    `<op>_matvecs`; `<op>_max_eig/<layer>` (+ `_residual/<layer>`); `<op>_trace`,
-    `<op>_trace_stderr`; `ntk_max_eig`, `ntk_max_eig_residual`, `ntk_matvecs`; `eos_ratio`
-    (NaN at learning rate 0) and for Adam `preconditioned_max_eig` (+ `_residual`). Into the
-    probing batch's and every epoch's `logs` (list `CSVLogger` after the probe), `history`
-    (with `step`, the optimizer step, and `epoch`) or the CSV file `csv_path`, and TensorBoard
-    keyed by the optimizer step (every `TensorBoard` callback, in any order, and `log_dir`).
-
-    The probe never changes training: it runs the model with `stateless_call`, writes no
-    variable and leaves every global random state alone. A new loss, schedule or optimizer
-    rebuilds it (and resets the warm start). Under a one-machine `MirroredStrategy` the
-    products run on every replica's shard. Custom loops call `probe.probe(model)`.
+    Each probe, one compiled call, runs Lanczos on the loss Hessian `H` (or Gauss-Newton `G`)
+    and, if asked, per layer, on the NTK and on Adam's `P^-1/2 H P^-1/2` (`eos`), and
+    Hutchinson on `tr(H)`. Its values (`hessian_max_eig`, ...: the curvature guide's table) go
+    into `logs` (list `CSVLogger` after the probe), `history` (or `csv_path`) and TensorBoard,
+    keyed by the optimizer step. It changes no variable. Custom loops call `probe.probe()`.
 
     Args:
         data: a batch `(x, y[, sample_weight])` or a `tf.data.Dataset` of them (a fresh batch
-            per probe, re-iterated when exhausted; a batch of another size than the first is
-            skipped with a one-time warning).
+            per probe, re-iterated; a batch of another size than the first is skipped).
         every_n_steps: probe when the optimizer step passes a multiple of this.
         every_n_epochs: probe every N-th epoch end (default 1 without `every_n_steps`).
         loss: the loss to differentiate; default `model.loss`.
@@ -67,8 +53,7 @@ class CurvatureProbe(keras.callbacks.Callback):
         optimizer: the optimizer giving the step; default `model.optimizer`.
         csv_path: stream each probe as a CSV row to this file instead of `history`.
         jit_compile: compile the probe with XLA on TensorFlow (JAX always compiles).
-        micro_batch_size: rows per sub-batch of every product, a divisor of the batch size
-            (`products`); None (default): the whole batch.
+        micro_batch_size: rows per sub-batch of every product, a divisor of the batch size.
         log_dir: also write the TensorBoard scalars into `<log_dir>/train`.
 
     Example:
@@ -240,8 +225,7 @@ class CurvatureProbe(keras.callbacks.Callback):
         return values
 
     def _append(self, row):
-        """`row` into `history` (a key new or missing: NaN) or the CSV file (a new key
-        rewrites it with the new column, NaN in earlier rows)."""
+        """`row` into `history` or the CSV file (rewritten for a new key); missing values NaN."""
         if self.csv_path is None:
             rows = len(self.history.get("step", []))
             for key in list(row) + [k for k in self.history if k not in row]:

@@ -1,19 +1,9 @@
 """Hessian, Gauss-Newton and NTK products of a Keras model, written once for every backend.
 
-Each builder returns a pure function of the parameter values and a batch,
-
-    (theta, non_trainable, x, y, sample_weight) -> Linearized,
-
-with `theta` and `non_trainable` as in `flat`. The call records the forward pass (for the
-Hessian also the gradient) once; its `Linearized` is the matvec `v -> A v` on the block (m,)
-of the chosen variables (`A` as in `operators.HessianOperator` and `operators.NTKOperator`),
-each product backward passes only: a Krylov loop over it in a graph pays one forward pass
-per batch.
-
-`micro_batch_size=b`, a divisor of the batch size N (default None: the whole batch), bounds
-memory: every product runs over the N/b sub-batches one at a time, each recording its
-forward pass anew, `A v = sum_r N_r A_r v / N` (NTK: `J^T u = sum_r J_r^T u_r`, then `J w`
-block by block). In training mode BatchNormalization normalises each sub-batch alone.
+A builder returns a pure function `(theta, non_trainable, x, y, sample_weight) -> matvec`
+(`theta`, `non_trainable` as in `flat`): the call records the forward pass (Hessian: and the
+gradient) once, and each product `v -> A v` on the block (m,) runs backward passes only;
+with `micro_batch_size` over sub-batches, each recorded anew (see the curvature guide).
 
 Example:
     >>> flat = FlatParameters(model)
@@ -22,7 +12,6 @@ Example:
 """
 
 import contextlib
-from typing import Any, Callable, NamedTuple
 
 import keras
 from keras import ops
@@ -31,18 +20,6 @@ from keras_dynloss import _checks, backend
 from keras_dynloss.curvature.flat import as_matrix, loss_value
 
 OPERATORS = ("hessian", "gauss_newton")
-
-
-class Linearized(NamedTuple):
-    """A recorded product, `self(v) = matvec(v)`; the loss `value` and its `gradient` (m,)
-    where the recording has them at no extra cost, else None."""
-
-    matvec: Callable
-    value: Any = None
-    gradient: Any = None
-
-    def __call__(self, v):
-        return self.matvec(v)
 
 
 def _rows(tree, start, size):
@@ -68,7 +45,7 @@ def _micro(size):
 
 def curvature_fn(flat, loss, *, operator="hessian", training=False, include_regularization=True,
                  micro_batch_size=None):
-    """Builds `(theta, non_trainable, x, y, sample_weight) -> Linearized` of `H` or `G` on the
+    """Builds `(theta, non_trainable, x, y, sample_weight) -> matvec` of `H` or `G` on the
     block of `flat` (a `FlatParameters`): (m,) to (m,) in `flat.dtype`. The other arguments
     are those of `operators.HessianOperator`."""
     operator = _checks.check_choice("operator", operator, OPERATORS)
@@ -87,7 +64,7 @@ def curvature_fn(flat, loss, *, operator="hessian", training=False, include_regu
                 return total + record(flat, loss, theta, non_trainable, *batch, **kwargs)(v)
             return ops.fori_loop(0, count, body, ops.zeros_like(v)) / ops.cast(count, v.dtype)
 
-        return Linearized(matvec)
+        return matvec
 
     return fn
 
@@ -96,8 +73,8 @@ def _hessian(flat, loss, theta, non_trainable, x, y, sw, *, training, include_re
     def objective(block):
         return flat.loss(loss, theta, non_trainable, x, y, sw, block=block, training=training,
                          include_regularization=include_regularization)
-    value, grad, hvp = backend.get().linearize_grad(objective, flat.select(theta))
-    return Linearized(hvp, value, grad)
+    _, _, hvp = backend.get().linearize_grad(objective, flat.select(theta))
+    return hvp
 
 
 def _gauss_newton(flat, loss, theta, non_trainable, x, y, sw, *, training,
@@ -112,16 +89,16 @@ def _gauss_newton(flat, loss, theta, non_trainable, x, y, sw, *, training,
         return matrix
 
     out, jvp, vjp = primitives.linearize(outputs, block)
-    value, g_out, h_out = primitives.linearize_grad(
+    _, _, h_out = primitives.linearize_grad(
         lambda o: loss_value(loss, y, seen["restore"](o), sw, flat.dtype), ops.stop_gradient(out))
     if not (include_regularization and seen["added"]):
-        return Linearized(lambda v: vjp(h_out(jvp(v))), value, vjp(g_out))
+        return lambda v: vjp(h_out(jvp(v)))
 
     def added_losses(block):
         return sum(flat.forward(theta, non_trainable, x, block=block, training=training,
                                 return_losses=True)[1])
-    reg, reg_grad, reg_hvp = primitives.linearize_grad(added_losses, block)
-    return Linearized(lambda v: vjp(h_out(jvp(v))) + reg_hvp(v), value + reg, vjp(g_out) + reg_grad)
+    _, _, reg_hvp = primitives.linearize_grad(added_losses, block)
+    return lambda v: vjp(h_out(jvp(v))) + reg_hvp(v)
 
 
 def gradient_fn(flat, loss, *, training=False, include_regularization=True):
@@ -135,11 +112,10 @@ def gradient_fn(flat, loss, *, training=False, include_regularization=True):
 
 
 def ntk_pieces_matvec(pieces, num_outputs, trace_outputs, unroll_outputs=False):
-    """`u -> Theta u` from `pieces`, `[(start, stop, jvp, vjp, place)]`: contiguous row
-    blocks r of the N outputs with `vjp(U_r) = J_r^T U_r`, `jvp(w) = J_r w`, each called inside
-    `place()` (a context manager, e.g. a device). Full: `J J^T U = concat_r J_r (sum_s J_s^T
-    U_s)`, U (N, K); traced: column c of it on `U = u e_c^T` for each of the K channels, in a
-    loop (one pair in memory at a time) or, with `unroll_outputs`, unrolled."""
+    """`u -> Theta u` from `pieces` `[(start, stop, jvp, vjp, place)]`, row blocks r of the N
+    outputs, `vjp(U_r) = J_r^T U_r`, `jvp(w) = J_r w`, called inside `place()` (e.g. a device).
+    Full: `J J^T U = concat_r J_r (sum_s J_s^T U_s)`, U (N, K); traced: its column c on
+    `U = u e_c^T` for each of the K channels, in a loop (or unrolled)."""
     def gram(cot):
         terms = []
         for start, stop, _, vjp, place in pieces:
@@ -169,24 +145,19 @@ def ntk_pieces_matvec(pieces, num_outputs, trace_outputs, unroll_outputs=False):
 
 def ntk_fn(flat, *, trace_outputs=True, training=False, micro_batch_size=None,
            unroll_outputs=False):
-    """Builds `(theta, non_trainable, x, y=None, sample_weight=None) -> Linearized` of the
-    empirical NTK (`operators.NTKOperator`) on the inputs `x`; `y`, `sample_weight` ignored.
-
-    On the whole batch the forward pass is recorded once and the K channels run on it in a
-    loop, or with `unroll_outputs` unrolled (a larger graph; XLA's CPU backend runs
-    convolutions in loop bodies far slower, jax-ml/jax#12868).
-    """
+    """Builds `(theta, non_trainable, x, y=None, sample_weight=None) -> matvec` of the
+    empirical NTK (`operators.NTKOperator`) on `x`. `unroll_outputs` unrolls the loop over the
+    K channels (XLA's CPU backend runs convolutions in loops far slower, jax-ml/jax#12868)."""
     size = _micro(micro_batch_size)
 
     def fn(theta, non_trainable, x, y=None, sample_weight=None):
         if size is not None:
-            matvec = _micro_ntk(flat, theta, non_trainable, x, training, trace_outputs, size)
-            return Linearized(matvec)
+            return _micro_ntk(flat, theta, non_trainable, x, training, trace_outputs, size)
         out, jvp, vjp = backend.get().linearize(
             lambda block: flat.outputs(theta, non_trainable, x, block=block, training=training),
             flat.select(theta))
         piece = (0, ops.shape(out)[0], jvp, vjp, contextlib.nullcontext)
-        return Linearized(ntk_pieces_matvec([piece], out.shape[1], trace_outputs, unroll_outputs))
+        return ntk_pieces_matvec([piece], out.shape[1], trace_outputs, unroll_outputs)
 
     return fn
 

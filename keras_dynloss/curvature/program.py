@@ -1,15 +1,13 @@
-"""What one probe computes: `Program.fn`, a pure function compiled once (`tf.function`,
-`jax.jit`; eager on PyTorch) or traced into a training step (`InStepProbe`),
+"""What one probe computes: `Program.fn`, a pure function compiled once (`CurvatureProbe`) or
+traced into a training step (`InStepProbe`),
 
     fn(theta, non_trainable, x, y, sample_weight, starts, seed, step, moments)
         -> (results, next_starts),
 
-with the warm starts `{target: (size,)}` (zero: cold), a seed int32 (2,), the optimizer
-step (a dynamical loss is taken there, traced) and Adam's second moments. The forward pass
-and gradient are recorded once, for every Lanczos run on the Hessian or its blocks
-(`b.select(H(b.embed(v)))`) and every Hutchinson sample. `results` maps each target
-(`"main"`, `"layer/<name>"`, `"preconditioned"`, `"ntk"`) to `{"values": (k,),
-"residuals": (k,), "matvecs": (), "breakdowns": ()}`, and `"trace"` to the samples.
+with warm starts `{target: (size,)}` (zero: cold), a seed int32 (2,), the optimizer step
+and Adam's second moments. Every Lanczos run and Hutchinson sample shares one recording.
+`results` maps each target (`"main"`, `"layer/<name>"`, `"preconditioned"`, `"ntk"`) to
+`{"values": (k,), "residuals": (k,), "matvecs": (), "breakdowns": ()}`, `"trace"` to samples.
 """
 
 import keras
@@ -30,9 +28,8 @@ _CONVOLUTIONS = tuple(getattr(keras.layers, name) for name in (
 
 
 def xla_cpu_warning(model, jit_compile, what=None):
-    """The warning when XLA (JAX, or TensorFlow with `jit_compile`) compiles a convolutional
-    model's probe on a machine without GPU or TPU: XLA's CPU backend runs convolutions inside
-    loops, as Lanczos, tens of times slower than outside (jax-ml/jax#12868); else None."""
+    """The warning when XLA compiles a convolutional model's probe on a CPU (jax-ml/jax#12868),
+    else None."""
     name = backend.name()
     if name == "torch" or not (jit_compile or name == "jax") or not any(
             isinstance(layer, _CONVOLUTIONS) for layer in _compat.iter_layers(model)):
@@ -58,10 +55,9 @@ def filled(spec, value):
 
 
 def _lanczos(matvec, start, seed, k, order, tol, noise):
-    """`(result, next start)` of a Lanczos run from the unit `start` plus `noise` times a
-    random unit vector (the random vector alone from a zero `start`). A breakdown with
-    `k = 1` stops the run: the random component puts the top eigenvector in the Krylov
-    space, so an invariant one holds it; for `k > 1` (multiplicities) the run restarts."""
+    """`(result, next start)` of Lanczos from `start + noise * random` (zero `start`: random)."""
+    # A breakdown with k = 1 stops the run (the random part puts the top eigenvector in the
+    # Krylov space); for k > 1 (multiplicities) it restarts.
     n, kdt = start.shape[0], krylov_dtype()
     order = min(order, n)
     k = min(k, order)

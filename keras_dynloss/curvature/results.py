@@ -1,5 +1,4 @@
-"""Results of the spectral algorithms: frozen dataclasses of NumPy values that say how far
-to trust them (residuals, standard errors, convergence, products used)."""
+"""Results of the spectral algorithms: frozen dataclasses that say how far to trust them."""
 
 import dataclasses
 from typing import Optional
@@ -80,17 +79,15 @@ class DensityResult:
         return np.sort(self.nodes[np.isfinite(self.nodes)])[::-1]
 
     def mass(self, low, high):
-        """The estimated fraction of the eigenvalues in `[low, high]`: the mean over runs of
-        the weights of the nodes there."""
+        """The estimated fraction of eigenvalues in `[low, high]` (mean weight of nodes there)."""
         inside = (self.nodes >= low) & (self.nodes <= high)  # False at NaN
         return float(self.weights[inside].sum() / self.nodes.shape[0])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LanczosDecomposition:
-    """A Lanczos factorisation `A Q = Q T + r e_m^T` of a symmetric `A` (size `n`).
-
-    `Q` (n, m) has orthonormal columns, `T = Q^T A Q` is tridiagonal and `Q^T r = 0`.
+    """A Lanczos factorisation `A Q = Q T + r e_m^T` of a symmetric `A` (size `n`): `Q` (n, m)
+    with orthonormal columns, `T = Q^T A Q` tridiagonal, `Q^T r = 0`.
 
     Attributes:
         alphas: array `(m,)`, the diagonal of `T`.

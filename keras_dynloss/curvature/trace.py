@@ -54,11 +54,9 @@ def hutchinson_loop(matvec, n, num_samples, seed, distribution="rademacher"):
 
 
 def hutchinson_trace(matvec, size, *, num_samples=100, distribution="rademacher", seed=0):
-    """Hutchinson's estimate of `tr(A)` with its standard error.
-
-    `tr(A) ~ 1/s sum_i z_i^T A z_i` with independent probes `z_i` (n,), `E[z z^T] = I`. For
-    Rademacher probes one sample has variance `2 sum_{i != j} A_ij^2`: the estimate is exact
-    for a diagonal `A`.
+    """Hutchinson's estimate `tr(A) ~ 1/s sum_i z_i^T A z_i`, probes `z_i` (n,) with
+    `E[z z^T] = I`, and its standard error. A Rademacher sample has variance
+    `2 sum_{i != j} A_ij^2`: exact for a diagonal `A`.
 
     Args:
         matvec: `v -> A v` on NumPy float64 vectors `(n,)`.
@@ -90,11 +88,9 @@ def spectral_density(matvec, size, *, num_vectors=8, order=30, sigma=None, grid=
                      num_points=512, seed=0):
     """Spectral density of a symmetric operator by stochastic Lanczos quadrature (SLQ).
 
-    An `m`-step Lanczos run from a unit vector `v` gives the Gauss quadrature
-    `v^T f(A) v ~ sum_j w_j f(theta_j)` (nodes `theta_j`: the eigenvalues of `T`; weights
-    `w_j`: the squared first components of its eigenvectors). As `E[v^T f(A) v] = tr f(A) / n`
-    for a normalised Rademacher `v`, the mean over `V` vectors for a Gaussian `f` estimates
-    `phi(t) = 1/n sum_i N(t; lambda_i, sigma^2)`.
+    Lanczos from a unit Rademacher `v` gives `v^T f(A) v ~ sum_j w_j f(theta_j)` (`theta_j`
+    the eigenvalues of `T`, `w_j` the squared first components of its eigenvectors); the mean
+    over `V` vectors for a Gaussian `f` estimates `phi(t) = 1/n sum_i N(t; lambda_i, sigma^2)`.
 
     Args:
         matvec: `v -> A v` on NumPy float64 vectors `(n,)`, `A` symmetric.
@@ -102,10 +98,8 @@ def spectral_density(matvec, size, *, num_vectors=8, order=30, sigma=None, grid=
         num_vectors: the number of start vectors `V`.
         order: Lanczos steps `m` per vector (at most `n` are taken); a run stops early at
             an invariant subspace, where the quadrature is exact.
-        sigma: the kernel width; default `0.01 (max node - min node)`, or
-            `1e-3 max(1, |node|)` for a single point.
-        grid: evaluation points `(g,)`; default `num_points` points on
-            `[min node - 6 sigma, max node + 6 sigma]`.
+        sigma: the kernel width; default `0.01 (max node - min node)` (else `1e-3 max(1, |node|)`).
+        grid: evaluation points `(g,)`; default `num_points` on `[min - 6 sigma, max + 6 sigma]`.
         num_points: the number of default grid points, >= 2.
         seed: seed of the start vectors, an int >= 0.
 
