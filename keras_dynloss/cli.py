@@ -1,8 +1,7 @@
 """Command line: `python -m keras_dynloss fig4 | width-sweep | overparam [--help] ...`.
 
-Also installed as `keras-dynloss`. Each command writes `DIR/<command>.json` and `.png` (`--out
-DIR`, default runs); the sweeps also a Markdown table (`.md`) and every run as it finishes
-(`.jsonl`, which `--resume` continues). `--quick`: smoke-test settings of seconds.
+Also `keras-dynloss`. Each command writes `DIR/<command>.json` and `.png` (`--out DIR`, default
+runs); the sweeps also a Markdown table (`.md`) and each run as it ends (`.jsonl`, `--resume`).
 """
 
 import argparse
@@ -124,11 +123,6 @@ def _run(module, args, **kwargs):
                       progress=not args.no_progress, **kwargs)
 
 
-def _sweep(args):
-    return dict(out=args.out, resume=args.resume,
-                processes=args.processes or (1 if args.quick else None))
-
-
 def _fig4(args):
     from keras_dynloss.experiments import fig4
 
@@ -140,30 +134,24 @@ def _fig4(args):
     return fig4.write(result, args.out)
 
 
-def _width_sweep(args):
-    from keras_dynloss.experiments import width_sweep
+def _sweep(args):
+    """A sweep's command: run (with the width sweep's reference, if given), table, files."""
+    from keras_dynloss.experiments import overparam, width_sweep
 
-    reference = width_sweep.load_reference(args.reference) if args.reference else None
-    result = _run(width_sweep, args, reference=reference, **_sweep(args))
-    print(width_sweep.table(result))
-    return width_sweep.write(result, args.out, reference)
-
-
-def _overparam(args):
-    from keras_dynloss.experiments import overparam
-
-    result = _run(overparam, args, **_sweep(args))
-    print(overparam.table(result))
-    return overparam.write(result, args.out)
+    module = width_sweep if args.command == "width-sweep" else overparam
+    given = dict(reference=width_sweep.load_reference(args.reference)) if args.reference else {}
+    result = _run(module, args, out=args.out, resume=args.resume,
+                  processes=args.processes or (1 if args.quick else None), **given)
+    print(module.table(result))
+    return module.write(result, args.out, **given)
 
 
-_COMMANDS = {"fig4": _fig4, "width-sweep": _width_sweep, "overparam": _overparam}
+_COMMANDS = {"fig4": _fig4, "width-sweep": _sweep, "overparam": _sweep}
 
 
 def main(argv=None):
-    """Entry point of `python -m keras_dynloss` and `keras-dynloss`: runs the command of `argv`
-    (default: the process's command line; called with `argv` from a program, the process's
-    CPU threads are left alone unless `--threads` is given) and returns 0."""
+    """Runs the command of `argv` (default: the command line) and returns 0. Called with `argv`
+    from a program, it leaves the process's CPU threads alone unless `--threads` is given."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, if it has not
     args = build_parser().parse_args(argv)
     from keras_dynloss.experiments.workers import set_cpu_threads

@@ -13,14 +13,10 @@ __all__ = ["FullBatchSequential", "StepRecorder", "full_batch_data"]
 
 
 class StepRecorder(keras.metrics.Metric):
-    """F(t) and the training accuracy of every step: row t of a `(num_steps + 1, 2)` buffer
-    (later steps go to the last row, dropped); a metric, never reset, that logs nothing, so that
-    every backend's trainer carries it in the compiled step.
-
-    Args:
-        num_steps: steps to keep.
-        dtype: buffer dtype (the model's: float64 keeps float64 values).
-    """
+    """F(t) and the training accuracy of the first `num_steps` steps: row t of a
+    `(num_steps + 1, 2)` buffer of `dtype` (later steps go to the last row, dropped); a metric,
+    never reset, that logs nothing, so that every backend's trainer carries it in the compiled
+    step."""
 
     def __init__(self, num_steps, dtype="float32"):
         super().__init__(name="step_recorder", dtype=dtype)
@@ -67,13 +63,8 @@ class FullBatchSequential(keras.Sequential):
     """A `Sequential` whose training step runs up to K ordinary `fit` steps on one batch as one
     loop (`keras.ops.while_loop`; `lax.while_loop` on JAX). Each trip calls
     `in_step_probe.maybe_probe()` (an `InStepProbe`, set after `compile`), updates the weights
-    while the batch and the run last, then calls `recorder.record(...)`.
-
-    Args:
-        layers: as for `keras.Sequential`.
-        updates_per_batch: K >= 1.
-        total_steps: the run's length in updates, or None.
-        recorder: a `StepRecorder` or None.
+    while the batch and the run (`total_steps` updates, or None) last, then calls
+    `recorder.record(...)` (a `StepRecorder` or None). `updates_per_batch`: K >= 1.
     """
 
     def __init__(self, layers=None, *, updates_per_batch=1, total_steps=None, recorder=None,

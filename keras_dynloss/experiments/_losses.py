@@ -21,10 +21,9 @@ def cell_label(loss, amplitude):
 
 
 def spiral_loss(name, num_classes, *, amplitude, period, static_after=None, dtype=None):
-    """The `name` loss (one of `LOSSES`) with a triangular Γ(t) over `num_classes` classes of
-    amplitude A (1: the static loss; "mse" needs 1) and period T steps, Γ ≡ 1 from
-    `static_after` on, in `dtype` (the model's). Of logits for "ce", of raw outputs against
-    one-hot targets for the MSEs.
+    """The `name` loss (of `LOSSES`) with a triangular Γ(t) of amplitude A (1: static; "mse"
+    needs 1) and period T steps, Γ ≡ 1 from `static_after` on, in `dtype` (the model's); of
+    logits for "ce", of raw outputs against one-hot targets for the MSEs.
 
     Example:
         >>> loss = spiral_loss("dmse", 3, amplitude=70, period=5000, static_after=65000)

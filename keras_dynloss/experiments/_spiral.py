@@ -18,9 +18,8 @@ __all__ = ["build_mlp", "build_runner", "train_spiral"]
 
 def build_mlp(width, num_classes=3, *, seed=0, dtype="float32", inputs=2, **kwargs):
     """Dense(width)-ReLU-Dense(C) initialised as jax's `stax.Dense`, drawn in NumPy from `seed`
-    (the same weights on every backend): Glorot-normal kernels (a normal truncated at ±2,
-    variance 2 / (fan_in + fan_out)) and normal(0, 0.01²) biases. `kwargs` go to
-    `FullBatchSequential`."""
+    (the same weights on every backend): Glorot-normal kernels (a normal truncated at ±2, variance
+    2 / (fan_in + fan_out)) and normal(0, 0.01²) biases. `kwargs` go to `FullBatchSequential`."""
     model = FullBatchSequential([keras.Input((inputs,), dtype=dtype),
                                  keras.layers.Dense(width, activation="relu", dtype=dtype),
                                  keras.layers.Dense(num_classes, dtype=dtype)], **kwargs)
@@ -47,22 +46,17 @@ def build_runner(*, width=100, amplitude=70.0, period=5000, steps=70000, seed=0,
     """The compiled spiral model of one run and the arguments of its one `fit` call.
 
     Args:
-        width: hidden units.
-        amplitude: A (1 = the static loss).
-        period: T in steps.
+        width, amplitude, period: hidden units, A (1 = the static loss), T in steps.
         steps: GD steps; Γ ≡ 1 from `steps - period` on.
-        seed, data_seed: seeds of the initial weights and of the spiral.
-        learning_rate: η of `SGD`.
+        seed, data_seed, learning_rate: of the initial weights, of the spiral; η of `SGD`.
         dtype: "float32" or "float64" (on JAX float64 needs `jax_enable_x64`).
         record: record F(t) and accuracy at every step (`StepRecorder`).
-        probe_every: Hessian (and NTK) λ_max every this many steps, in the training loop (an
-            `InStepProbe`: Lanczos order 10, warm starts); 0: none.
-        probe_ntk: also probe the NTK.
+        probe_every, probe_ntk: Hessian (and NTK) λ_max every this many steps (0: none), in
+            the training loop (an `InStepProbe`: Lanczos order 10, warm starts).
         updates_per_batch: GD steps per compiled call (default `ceil(steps / 20)`).
         jit_compile: compile the loop with XLA (not on PyTorch, whose loop runs eagerly).
         loss: "ce", "mse", "dmse" or "dmse-componentwise" (`_losses.spiral_loss`).
-        progress: a `keras.utils.Progbar` over the steps (with an ETA and the last step's
-            accuracy) among the callbacks.
+        progress: a `keras.utils.Progbar` over the steps (with the last step's accuracy).
 
     Returns:
         A `Runner(model, x, y, loss, recorder, callbacks, fit_kwargs)`.
@@ -112,8 +106,7 @@ def train_spiral(*, validation_seed=None, **kwargs):
     """Full-batch GD on the spiral with the dynamical loss (last period static), one `fit`.
 
     Args:
-        validation_seed: if given, `val_acc` is the final accuracy on
-            `spiral(seed=validation_seed)`.
+        validation_seed: if given, `val_acc` is the final accuracy on `spiral(seed=...)`.
         **kwargs: as for `build_runner`.
 
     Returns:

@@ -16,19 +16,21 @@ DEFAULTS = dict(width=100, amplitude=70.0, period=5000, steps=70000, seed=0, pro
                 dtype="float64", learning_rate=1.0, loss="ce", validation_seed=None)
 QUICK = dict(DEFAULTS, period=100, steps=600, probe_every=50)
 MAX_POINTS = 4000
+#: The line panels of `figure`'s columns (whole run, zoom): (row, series, y label, y scale).
+_LINES = ([(1, "loss", "F(t)", "log"), (2, "abs_dloss_max", "max |F(t)−F(t−1)|", "log"),
+           (3, "accuracy", "train accuracy", "linear")],
+          [(1, "loss", "F(t)", "log"), (2, "dloss", "F(t)−F(t−1)", "symlog"),
+           (3, "accuracy", "train accuracy", "linear")])
 
 
 def run(*, zoom_period=None, progress=True, **options):
     """Trains once, recording F(t) and the accuracy at every step, with curvature probes.
 
     Args:
-        zoom_period: the period shown zoomed (default: the dynamical period with the largest
-            one-step jump of F).
+        zoom_period: the period shown zoomed (default: the one with F's largest one-step jump).
         progress: as for `_spiral.train_spiral`.
-        **options: over `DEFAULTS`: `probe_every`, the Hessian and NTK probe interval in
-            steps (0: no probes); `width`, `amplitude`, `period`, `steps`, `seed`, `dtype`,
-            `learning_rate`, `loss`, `validation_seed` as for `_spiral.train_spiral` (F(t) is
-            the `loss` objective).
+        **options: over `DEFAULTS`: `probe_every`, the Hessian and NTK probe interval in steps
+            (0: none); the others as for `_spiral.train_spiral` (F(t) is the `loss` objective).
 
     Returns:
         A JSON-ready dict: `config`, `provenance`, `final_acc`, `final_loss`, `val_acc`,
@@ -80,23 +82,15 @@ def figure(result):
     fig.subplots_adjust(left=0.08, right=0.985, bottom=0.04, top=0.95, wspace=0.18,
                         hspace=0.12)
     z0, z1 = (z["step"][0], z["step"][-1]) if len(z["step"]) else (0, cfg["steps"])
-    for col, (lo, hi) in enumerate(((0, cfg["steps"]), (z0, z1))):
-        whole = col == 0
-        steps, gv = np.asarray(g["step"]), np.asarray(g["values"])
-        inside = (steps >= lo) & (steps <= hi)
-        plot.gamma(None, steps[inside], weights=gv[inside], ax=axes[0, col])
-        x = s["step"] if whole else z["step"]
-        axes[1, col].plot(x, s["loss"] if whole else z["loss"], lw=0.6)
-        axes[1, col].set(ylabel="F(t)", yscale="log")
-        if whole:
-            axes[2, col].plot(x, s["abs_dloss_max"], lw=0.6)
-            axes[2, col].set(ylabel="max |F(t)−F(t−1)|", yscale="log")
-        else:
-            axes[2, col].plot(x, z["dloss"], lw=0.6)
-            axes[2, col].set_ylabel("F(t)−F(t−1)")
-            axes[2, col].set_yscale("symlog", linthresh=1e-5)
-        axes[3, col].plot(x, s["accuracy"] if whole else z["accuracy"], lw=0.6)
-        axes[3, col].set(ylabel="train accuracy", ylim=(0, 1.02))
+    gamma_steps, gamma = np.asarray(g["step"]), np.asarray(g["values"])
+    for col, (lo, hi, data) in enumerate(((0, cfg["steps"], s), (z0, z1, z))):
+        inside = (gamma_steps >= lo) & (gamma_steps <= hi)
+        plot.gamma(None, gamma_steps[inside], weights=gamma[inside], ax=axes[0, col])
+        for row, series, ylabel, scale in _LINES[col]:
+            axes[row, col].plot(data["step"], data[series], lw=0.6)
+            axes[row, col].set_ylabel(ylabel)
+            axes[row, col].set_yscale(scale, **({"linthresh": 1e-5} if scale == "symlog" else {}))
+        axes[3, col].set_ylim(0, 1.02)
         axes[4, col].set_ylabel("Hessian λ_max")
         axes[5, col].set_ylabel("NTK λ_max")
         if p.get("step"):
@@ -105,7 +99,7 @@ def figure(result):
         for ax in axes[:, col]:
             ax.set_xlim(lo, hi)
             ax.set_xlabel("")
-            if whole and cfg["steps"] > cfg["period"]:
+            if col == 0 and cfg["steps"] > cfg["period"]:
                 ax.axvspan(z0, z1, color="0.9", zorder=-1)
         axes[-1, col].set_xlabel("step t")
     axes[0, 0].set_title("whole run")

@@ -13,8 +13,8 @@ import numpy as np
 from keras_dynloss._checks import check_choice, invalid
 from keras_dynloss.experiments import sweep
 
-__all__ = ["run", "load_data", "build_model", "table", "figure", "write", "DEFAULTS",
-           "MYRTLE_DEFAULTS", "QUICK"]
+__all__ = ["run", "load_data", "build_model", "table", "write", "DEFAULTS", "MYRTLE_DEFAULTS",
+           "QUICK"]
 
 DEFAULTS = dict(amplitudes=(1.0, 10.0, 100.0), periods=(1, 2, 5), seeds=(0, 1, 2), width=512,
                 train_size=2000, test_size=10000, epochs=60, batch_size=50, learning_rate=0.1,
@@ -38,8 +38,8 @@ def load_data(source="auto", *, train_size=2000, test_size=10000, seed=0, flatte
     Args:
         source: "auto", "keras", "idx" or "tfds" (`datasets.fashion_mnist`'s), or "tfds:NAME"
             for any TFDS image classification set.
-        train_size, test_size: subset sizes (a test size of at least the split's: all of it).
-        seed: seed of the subsets.
+        train_size, test_size, seed: subset sizes (a test size of at least the split's: all of
+            it) and their seed.
         flatten: images as vectors (for the MLP), else (H, W) or (H, W, C).
     """
     from keras_dynloss import datasets
@@ -83,7 +83,6 @@ def _one(*, x_train, y_train, x_test, y_test, amplitude, period, seed, width, ep
     import keras
 
     import keras_dynloss as kd
-    from keras_dynloss import datasets
 
     keras.utils.set_random_seed(seed)
     if model_kind == "myrtle" and x_train.ndim == 3:
@@ -95,7 +94,7 @@ def _one(*, x_train, y_train, x_test, y_test, amplitude, period, seed, width, ep
     ce = keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="ce")
     model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum), loss=loss,
                   metrics=["accuracy", ce], steps_per_execution=steps_per_epoch)
-    curve_test = (datasets.subsample(x_test, y_test, CURVE_TEST_SIZE, seed=1)
+    curve_test = (kd.datasets.subsample(x_test, y_test, CURVE_TEST_SIZE, seed=1)
                   if len(x_test) > CURVE_TEST_SIZE else (x_test, y_test))
     start = time.perf_counter()
     history = model.fit(  # a fresh permutation of the training set every epoch
@@ -130,9 +129,8 @@ def run(*, out=None, resume=False, processes=None, progress=True, **options):
 
     Returns:
         `sweep.result`'s dict; rows `{amplitude, period, seed, train_acc, test_acc,
-        final_train_loss, seconds, curves, git_commit}`, `curves` per epoch: `loss`,
-        `train_ce`, `train_acc` (over each epoch's batches), `test_ce`, `test_acc` (on
-        `CURVE_TEST_SIZE` test images).
+        final_train_loss, seconds, curves, git_commit}`, `curves` per epoch: `loss`, `train_ce`,
+        `train_acc` (over each epoch's batches), `test_ce`, `test_acc` (`CURVE_TEST_SIZE` images).
     """
     model = check_choice("model", options.get("model", "auto"), ("auto", "mlp", "myrtle"))
     if model == "auto":
@@ -143,8 +141,7 @@ def run(*, out=None, resume=False, processes=None, progress=True, **options):
     (x_tr, y_tr), (x_te, y_te), source = load_data(cfg["data"], flatten=model == "mlp", **{
         k: cfg[k] for k in ("train_size", "test_size")})
     if len(x_tr) < cfg["batch_size"]:
-        raise invalid("train_size", f"at least batch_size={cfg['batch_size']} images",
-                      len(x_tr))
+        raise invalid("train_size", f"at least batch_size={cfg['batch_size']} images", len(x_tr))
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
     preprocessing = "pixels in [0, 1]"
     if model == "myrtle":
@@ -154,8 +151,7 @@ def run(*, out=None, resume=False, processes=None, progress=True, **options):
     width, momentum = cfg["width"], cfg["momentum"]
     hyper = {k: cfg[k] for k in HYPER}
     settings = dict(
-        hyper, train_size=len(x_tr), test_size=len(x_te), data=source,
-        preprocessing=preprocessing,
+        hyper, train_size=len(x_tr), test_size=len(x_te), data=source, preprocessing=preprocessing,
         model=(f"Dense({width})-ReLU-Dense({num_classes})" if model == "mlp"
                else f"Myrtle CNN, width {width}"),
         parameters=int(build_model(model, x_tr.shape[1:], num_classes, width).count_params()),
@@ -180,17 +176,13 @@ def table(result):
         ["1 (CE)", "any"] if d["amplitude"] == 1 else [f"{d['amplitude']:g}", str(d["period"])]))
 
 
-def figure(result):
-    """Every seed as a dot and the medians per (A, period) (`keras_dynloss.plot.sweep`)."""
+def write(result, out):
+    """Writes `overparam.json`, `.md` and `.png` (each seed a dot, the medians per (A, period):
+    `keras_dynloss.plot.sweep`) into `out`; returns the paths."""
     from keras_dynloss import plot
 
     cfg = result["config"]
-    return plot.sweep(result, title=f"{cfg['data']}: {cfg['train_size']} training images, "
-                                    f"{cfg['model']}, {cfg['epochs']} epochs",
-                      series_label=lambda a: "cross-entropy" if a == 1 else f"A={a:g}")
-
-
-def write(result, out):
-    """Writes `overparam.json`, `.md` and `.png` into `out`; returns the paths."""
-    return sweep.write(result, out, "overparam", text=table(result),
-                       figure=lambda: figure(result))
+    return sweep.write(result, out, "overparam", text=table(result), figure=lambda: plot.sweep(
+        result, title=f"{cfg['data']}: {cfg['train_size']} training images, {cfg['model']}, "
+                      f"{cfg['epochs']} epochs",
+        series_label=lambda a: "cross-entropy" if a == 1 else f"A={a:g}"))

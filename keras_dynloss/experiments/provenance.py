@@ -48,10 +48,9 @@ def provenance():
 
     Returns:
         `{keras_dynloss, git_commit, git_dirty, git_dirty_files, backend, versions, command}`:
-        the package's version; the short commit when the package runs from a git checkout of
-        this project (else None, e.g. after `pip install`) and its uncommitted tracked files
-        under `keras_dynloss/`; the Keras backend; the versions of Keras, NumPy, TensorFlow
-        and of JAX or PyTorch as the backend; the process's command line.
+        the package's version; the short commit of this project's git checkout the package
+        runs from (else None) and its uncommitted tracked files under `keras_dynloss/`; the
+        backend; the versions of Keras, NumPy, TensorFlow, and JAX or PyTorch; the command.
 
     Example:
         >>> provenance()["backend"]

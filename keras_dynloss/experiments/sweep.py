@@ -80,15 +80,12 @@ def run(fn, jobs, *, name, settings, key, out=None, resume=False, processes=None
     """Runs `fn(**job)` for each job, appending each finished row to `out/<name>.jsonl`.
 
     Args:
-        fn: a module-level function (picklable) returning a JSON-ready dict with the `key`
-            fields.
-        jobs: keyword dicts, one per run.
+        fn, jobs, processes, progress: as for `workers.run_jobs`; `fn` returns a JSON-ready
+            dict with the `key` fields, those that identify a run (e.g. `("width", "seed")`).
         name: the sweep's name (of the file).
         settings: JSON-ready dict of everything but the grid; a resume needs the same.
-        key: the fields that identify a run (e.g. `("width", "amplitude", "seed")`).
         out: folder of the JSON-lines file (None: no file).
         resume: reuse the runs already in the file.
-        processes, progress: as for `workers.run_jobs`.
 
     Returns:
         `{rows, reused_runs, provenance, seconds}`: a row per job, in job order, each with the

@@ -1,8 +1,7 @@
 """Final accuracy on the spiral against network width, amplitude A and seed.
 
-Each run is `_spiral.train_spiral` with one of the objectives of `_losses`; each (width, A)
-cell is described by its distribution over seeds (often bimodal) and each A ≠ 1 is compared
-with A = 1 at the same width.
+Each run is `_spiral.train_spiral` with an objective of `_losses`; each (width, A) cell is
+described by its distribution over seeds (often bimodal), each A ≠ 1 compared with A = 1.
 """
 
 import json
@@ -15,8 +14,8 @@ from keras_dynloss._checks import invalid
 from keras_dynloss.experiments import stats, sweep
 from keras_dynloss.experiments._losses import SPIRAL, cell_label, spiral_loss
 
-__all__ = ["run", "table", "figure", "write", "load_reference", "compare_reference",
-           "DEFAULTS", "QUICK", "REFERENCE"]
+__all__ = ["run", "table", "write", "load_reference", "compare_reference", "DEFAULTS", "QUICK",
+           "REFERENCE"]
 
 GRID = ("widths", "amplitudes", "seeds")
 DEFAULTS = dict(widths=(4, 8, 16, 24, 32, 48), amplitudes=(1.0, 70.0), seeds=tuple(range(10)),
@@ -49,10 +48,9 @@ def run(*, reference=None, out=None, resume=False, processes=None, progress=True
         reference: reference rows (`load_reference`) to compare the training accuracy with,
             if the settings are `REFERENCE_SETTINGS` (else a warning and `reference_note`).
         out, resume, processes, progress: as for `sweep.run` (`out/width-sweep.jsonl`).
-        **options: over `DEFAULTS`: `widths`, `amplitudes`, `seeds` (the grid); `steps`,
-            `period`, `dtype`, `learning_rate`, `loss` (as for `_spiral.build_runner`);
-            `validation_seed`, the noise seed of the held-out spiral (not the training
-            spiral's 0; None: no validation).
+        **options: over `DEFAULTS`: the grid (`widths`, `amplitudes`, `seeds`); `steps`,
+            `period`, `dtype`, `learning_rate`, `loss` (`_spiral.build_runner`'s);
+            `validation_seed`, of the held-out spiral (not 0, the training spiral's; None).
 
     Returns:
         `sweep.result`'s dict (rows `{width, amplitude, seed, final_acc, val_acc, final_loss,
@@ -100,9 +98,8 @@ def load_reference(path):
 
 
 def compare_reference(rows, reference):
-    """`sweep.rank_tests` of the training accuracy of each (width, A) cell in both, ours
-    against the reference's, with `width`, `amplitude` and the cells described (`ours`,
-    `ref`); `effect` is P(our run beats a reference run)."""
+    """`sweep.rank_tests` of the training accuracy of each (width, A) cell in both, with the
+    cells described (`ours`, `ref`); `effect` is P(our run beats a reference run)."""
     ours, ref = (sweep.cells(r, CELL, "final_acc") for r in (rows, reference))
     return sweep.rank_tests([
         (dict(width=w, amplitude=a, ours=stats.describe(ours[(w, a)]).as_dict(),
@@ -132,20 +129,14 @@ def table(result):
     return text
 
 
-def figure(result, reference=None):
-    """Every seed as a dot and the medians against width (`keras_dynloss.plot.sweep`)."""
+def write(result, out, reference=None):
+    """Writes `width-sweep.json`, `.md` and `.png` (each seed a dot, the medians against width, the
+    reference seeds when compared: `keras_dynloss.plot.sweep`) into `out`; returns the paths."""
     from keras_dynloss import plot
 
     cfg = result["config"]
-    return plot.sweep(result, reference=reference,
-                      title=f"spiral, {cfg['steps']} GD steps, T={cfg['period']}, "
-                            f"{len(cfg['seeds'])} seeds per cell",
-                      series_label=lambda a: cell_label(cfg["loss"], a))
-
-
-def write(result, out, reference=None):
-    """Writes `width-sweep.json`, `.md` and `.png` into `out` (with the reference seeds when
-    compared); returns the paths."""
-    shown = reference if result.get("reference_comparison") else None
-    return sweep.write(result, out, "width-sweep", text=table(result),
-                       figure=lambda: figure(result, shown))
+    return sweep.write(result, out, "width-sweep", text=table(result), figure=lambda: plot.sweep(
+        result, reference=reference if result.get("reference_comparison") else None,
+        title=f"spiral, {cfg['steps']} GD steps, T={cfg['period']}, "
+              f"{len(cfg['seeds'])} seeds per cell",
+        series_label=lambda a: cell_label(cfg["loss"], a)))

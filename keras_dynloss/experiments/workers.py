@@ -24,9 +24,8 @@ def configure_worker_devices(index):
 
 
 def set_cpu_threads(threads):
-    """Sets this process's CPU threads (TensorFlow's intra- and inter-op pools, or PyTorch's)
-    before the backend's first op. Returns whether it did: not for `threads=0` (the backend's
-    default), for JAX, or once TensorFlow has started."""
+    """Sets this process's CPU threads (TensorFlow's intra- and inter-op pools, or PyTorch's);
+    returns whether it did: not for 0 (the default), on JAX, or once TensorFlow has started."""
     import keras
 
     if not check_int("threads", threads, minimum=0) or keras.backend.backend() == "jax":
@@ -59,11 +58,9 @@ def run_jobs(fn, jobs, *, processes=None, progress=True, on_result=None):
     """`[fn(**job) for job in jobs]` (in job order), inline or in spawned worker processes.
 
     Args:
-        fn: a module-level function (picklable).
-        jobs: keyword dicts.
-        processes: worker processes (default `os.cpu_count()`; 1 runs inline); on TensorFlow
-            worker i sees only GPU i mod n, and each uses `os.cpu_count() // processes`
-            CPU threads.
+        fn, jobs: a module-level function (picklable) and keyword dicts.
+        processes: worker processes (default `os.cpu_count()`; 1 runs inline), each with
+            `os.cpu_count() // processes` CPU threads; on TensorFlow worker i sees GPU i mod n.
         progress: a `keras.utils.Progbar` over the runs, with an ETA.
         on_result: called with each result as it arrives (in this process).
     """
@@ -71,27 +68,23 @@ def run_jobs(fn, jobs, *, processes=None, progress=True, on_result=None):
 
     processes = max(1, min(processes or os.cpu_count() or 1, len(jobs) or 1))
     bar = keras.utils.Progbar(len(jobs), unit_name="run") if progress and jobs else None
-    results = [None] * len(jobs)
-
-    def arrived(i, result):
-        results[i] = result
-        if on_result is not None:
-            on_result(result)
-        if bar is not None:
-            bar.add(1)
-
-    if processes == 1:
-        for i, job in enumerate(jobs):
-            arrived(i, fn(**job))
-        return results
-    context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_init_worker,
-                               initargs=(threads, context.Value("i", 0)))
+    results, pool = [None] * len(jobs), None
+    finished = ((i, fn(**job)) for i, job in enumerate(jobs))  # inline
     try:
-        futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            arrived(futures[future], future.result())
+        if processes > 1:
+            context = multiprocessing.get_context("spawn")
+            threads = max(1, (os.cpu_count() or 1) // processes)
+            pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_init_worker,
+                                       initargs=(threads, context.Value("i", 0)))
+            futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
+            finished = ((futures[future], future.result()) for future in as_completed(futures))
+        for i, result in finished:
+            results[i] = result
+            if on_result is not None:
+                on_result(result)
+            if bar is not None:
+                bar.add(1)
     finally:
-        pool.shutdown(cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return results
