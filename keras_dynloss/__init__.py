@@ -26,8 +26,7 @@ __version__ = "0.2.0"
 
 
 def __getattr__(name):
-    """`kd.curvature`, `kd.plot`, `kd.distribute` and the curvature names (`kd.CurvatureProbe`,
-    `kd.hessian_eigenvalues`, ...) are imported on first use."""
+    """Imports `kd.curvature`, `kd.plot`, `kd.distribute` and the curvature names on first use."""
     if name in ("curvature", "plot", "distribute"):
         value = importlib.import_module(f"keras_dynloss.{name}")
     elif not name.startswith("__") and name in importlib.import_module(

@@ -4,8 +4,6 @@
 import math
 import numbers
 
-__all__ = []
-
 
 def invalid(name, expected, value):
     """Returns the package's standard ValueError for a rejected argument."""

@@ -6,8 +6,6 @@ import sys
 
 import keras
 
-__all__ = []
-
 
 def in_xla_context():
     """True while TensorFlow traces inside `tf.function(jit_compile=True)`, where XLA drops
@@ -54,8 +52,7 @@ def adam_second_moments(optimizer, variables):
 
 def sibling_callbacks(callback):
     """The callbacks (in order, `callback` included) of the call that runs `callback`, or [].
-    Why private: a callback cannot see the others of its call; this walks up the Python
-    stack (`sys._getframe`) to the `CallbackList` that called the hook."""
+    Why private: callbacks cannot see each other; this walks `sys._getframe` up."""
     frame = sys._getframe(1)
     for _ in range(8):
         if frame is None:
@@ -70,8 +67,7 @@ def sibling_callbacks(callback):
 
 def track(model, name, value):
     """Sets `model.<name> = value` (metrics) so that Keras tracks it, also on a built model.
-    Why private: a built layer locks its `_tracker`; Keras itself unlocks it around such
-    changes (`Layer.quantize`)."""
+    Why private: a built layer locks its `_tracker`; Keras unlocks it too (`Layer.quantize`)."""
     tracker, locked = model._tracker, model._tracker.locked
     tracker.unlock()
     try:

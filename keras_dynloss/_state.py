@@ -1,20 +1,14 @@
-"""The training state a dynamical loss keeps on its model, and where it reads the step.
-
-The state is a metric, so every trainer maps its variables while the loss runs; under JAX
-its `step` mirrors `optimizer.iterations`, set by each compiled step (see docs/design.md).
-"""
+"""The state a dynamical loss keeps on its model (a metric: every trainer maps its variables),
+and where it reads the step; under JAX `step` mirrors `optimizer.iterations` (docs/design.md)."""
 
 import keras
 from keras import ops
 
 from keras_dynloss import _compat
 
-__all__ = []
-
 
 class OptimizerStep:
-    """`optimizer.iterations` (under JAX its `mirror`), read inside the compiled step; plain,
-    so that `model.save` does not walk into the optimizer a second time through the loss."""
+    """`optimizer.iterations` (under JAX its `mirror`); plain, so `model.save` skips it."""
 
     def __init__(self, optimizer, mirror=None):
         self.optimizer, self.mirror = optimizer, mirror
@@ -24,8 +18,7 @@ class OptimizerStep:
                                      else self.mirror)
 
     def sync(self):
-        """Sets the mirror from the optimizer now (outside compiled steps). A copy: a shared
-        buffer would be deleted with the first compiled step that donates its state."""
+        """Sets the mirror from the optimizer now, as a copy (compiled steps donate buffers)."""
         if self.mirror is not None:
             self.mirror.assign(ops.copy(ops.cast(self.optimizer.iterations, self.mirror.dtype)))
 

@@ -7,8 +7,6 @@ import keras
 
 from keras_dynloss import _compat
 
-__all__ = []
-
 
 def log_dirs(callback, log_dir=None):
     """The `train` folders of `log_dir` and of every `TensorBoard` running beside `callback`."""

@@ -16,22 +16,17 @@ __all__ = ["DynamicalLossScheduler"]
 class DynamicalLossScheduler(keras.callbacks.Callback):
     """Drives the model's dynamical losses from the optimizer step, and logs Γ.
 
-    At the start of `fit` / `evaluate` it binds the model's dynamical losses (or the one
-    given) to its optimizer (`loss.bind(model)`): Γ(t) is computed inside the compiled step.
-    At each epoch's end it writes `gamma_<i>_max`, `gamma_<i>_mean` (over the epoch's steps)
-    and `emphasized_class` into `logs` (list it before `CSVLogger` / `TensorBoard`), and Γ_i(t)
-    into TensorBoard, keyed by the optimizer step (see the guide's "The scheduler"). It warns
-    about callbacks that monitor the Γ-weighted `loss`, and raises on invalid labels counted
-    where no assertion can run.
+    At `fit` / `evaluate` start it binds the dynamical losses to the optimizer
+    (`loss.bind(model)`). At each epoch's end it writes `gamma_<i>_max`, `gamma_<i>_mean` and
+    `emphasized_class` into `logs` (list it before `CSVLogger` / `TensorBoard`), and Γ_i(t) into
+    TensorBoard by optimizer step; the guide's "The scheduler" has the details.
 
     Args:
         loss: the dynamical loss to drive; default: all dynamical losses of `model.loss`.
-        period_epochs: the period in epochs: at `fit` start each schedule gets the period
-            `period_epochs * steps_per_epoch / gradient_accumulation_steps` updates.
+        period_epochs: the period in epochs (the guide's "Period in epochs").
         steps_per_epoch: batches per epoch for `period_epochs` when `fit` cannot know it.
         log_weights: log the per-epoch Γ statistics and `emphasized_class`.
-        log_every_n_steps: TensorBoard resolution of Γ(t) in steps (default: a fiftieth of
-            the period, at least 1).
+        log_every_n_steps: TensorBoard resolution of Γ(t) in steps (default: period // 50, >= 1).
         log_dir: also write the TensorBoard scalars into `<log_dir>/train`.
 
     Example:
@@ -135,9 +130,9 @@ class DynamicalLossScheduler(keras.callbacks.Callback):
                 warnings.warn(
                     f"{type(other).__name__} monitors {monitor!r}, the Γ-weighted dynamical loss, "
                     "which rises and falls with Γ(t) by design. Monitor a plain cross-entropy "
-                    "metric instead, e.g. compile with metrics=[keras.metrics."
-                    "SparseCategoricalCrossentropy(from_logits=True, name='ce')] and monitor "
-                    "'val_ce'.", stacklevel=3)
+                    "metric instead, e.g. compile with metrics=[keras.metrics.SparseCategorical"
+                    "Crossentropy(from_logits=True, name='ce')] and monitor 'val_ce'.",
+                    stacklevel=3)
             if i < mine and self.log_weights and isinstance(
                     other, (keras.callbacks.CSVLogger, keras.callbacks.TensorBoard)):
                 warnings.warn(f"{type(other).__name__} is listed before DynamicalLossScheduler, "

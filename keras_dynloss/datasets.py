@@ -63,8 +63,7 @@ def spiral(points_per_class=100, num_classes=3, revolutions=4, noise=0.2, seed=0
 
 
 def read_idx(path):
-    """An IDX file (gzipped or not, told by its magic bytes) as a NumPy array of the file's
-    type and shape, e.g. uint8 (60000, 28, 28)."""
+    """An IDX file (gzipped or not) as a NumPy array of the file's dtype and shape."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":
@@ -78,8 +77,7 @@ def read_idx(path):
 
 
 def _from_keras(split):
-    """`keras.datasets.fashion_mnist`: Keras's cached copy, else a download (only where the
-    download host answers, so that an offline machine does not wait)."""
+    """Keras's cached copy, else its download (only if the host answers: offline, no wait)."""
     import keras
 
     home = os.environ.get("KERAS_HOME", os.path.expanduser(os.path.join("~", ".keras")))
@@ -121,8 +119,7 @@ def fashion_mnist(split="train", *, source="auto", directory=None, num_samples=N
         return_source: also return the name of the source used.
 
     Returns:
-        `(x, y)` (and the source): `x` of shape (n, 28, 28) or (n, 784), `y` in [0, 10); or a
-        `FileNotFoundError` saying what each source lacked.
+        `(x, y)` (and the source): `x` of shape (n, 28, 28) or (n, 784), `y` in [0, 10).
 
     Example:
         >>> x, y = fashion_mnist("test", num_samples=1000, flatten=True)

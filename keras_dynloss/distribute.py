@@ -14,8 +14,7 @@ def compute_average_loss(loss, y_true, y_pred, *, global_batch_size, sample_weig
     """One replica's share of the dynamical loss, averaged over the global batch.
 
     `L_r = (1/B) Σ_{μ ∈ R} w_μ Γ_{y_μ}(t) ℓ(y_μ, f(x_μ))` over this replica's samples `R`
-    (B: all replicas' samples), so that the all-reduce sums the `L_r` into the one-device
-    loss; a reduced or unbound loss is refused. Call it inside `strategy.run`.
+    (B: all replicas' samples); the all-reduce sums the `L_r`. Call it inside `strategy.run`.
 
     Args:
         loss: a dynamical loss built with `reduction="none"` and bound to the optimizer
@@ -50,12 +49,8 @@ def compute_average_loss(loss, y_true, y_pred, *, global_batch_size, sample_weig
 
 
 def check_fit_strategy(model):
-    """Raises `RuntimeError` if Keras's `fit` / `evaluate` cannot run the model's strategy
-    (`MultiWorkerMirroredStrategy` with several workers, `ParameterServerStrategy`), where
-    `fit` fails before any callback runs: call this right after `compile`.
-
-    Args:
-        model: a `keras.Model` (its `distribute_strategy` is checked).
+    """Raises `RuntimeError` if Keras's `fit` cannot run the model's strategy (several-worker
+    `MultiWorkerMirroredStrategy`, `ParameterServerStrategy`); call it right after `compile`.
 
     Example:
         >>> with strategy.scope():

@@ -1,7 +1,5 @@
 """Dynamical losses as pure per-sample functions of `(y_true, y_pred, Γ)`, and label checks.
-
-Each returns per-sample values (shape `y_pred.shape[:-1]`), in float32 for half-precision
-`y_pred`. Invalid labels are never clamped (the guide's "Labels" section says what happens).
+Values are float32 for half-precision `y_pred`; invalid labels are never clamped (guide: "Labels").
 """
 
 import keras
@@ -54,10 +52,9 @@ def split_labels(y_true, y_pred, num_classes):
 
 
 def _asserted(y, valid):
-    """`y` after an assertion that every sample is valid (TensorFlow outside XLA)."""
+    """`y` after an assertion that all are valid (constant data: nothing read unless it fails)."""
     import tensorflow as tf
 
-    # The raw op with constant data only: nothing is read from the device unless it fails.
     check = tf.raw_ops.Assert(condition=tf.reduce_all(valid), data=[tf.constant(_MESSAGE)])
     with tf.control_dependencies([check]):
         return tf.identity(y)
@@ -116,10 +113,9 @@ def dynamical_crossentropy(y_true, y_pred, class_weights, *, from_logits=False,
         ...                        [2.917, 0.042, 0.042], from_logits=True)
     """
     y_pred, class_weights, sparse, y, valid = _inputs(y_true, y_pred, class_weights)
-    if sparse:
-        ce = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=from_logits)
-    else:
-        ce = keras.losses.categorical_crossentropy(y, y_pred, from_logits=from_logits)
+    crossentropy = (keras.losses.sparse_categorical_crossentropy if sparse
+                    else keras.losses.categorical_crossentropy)
+    ce = crossentropy(y, y_pred, from_logits=from_logits)
     return guard(class_weight_of(sparse, y, class_weights) * ce, valid, invalid_label_counter)
 
 

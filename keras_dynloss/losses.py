@@ -1,9 +1,6 @@
 """Dynamical losses: a per-sample function (`loss_functions`, or any Keras loss through
-`dynamical`) weighted by a `ClassWeightSchedule` Γ(t) at the optimizer's step t.
-
-Every class takes the schedule's keyword arguments and Keras's `reduction`, `name` and `dtype`
-(saved by `model.save`; half precision computes in float32, "float64" computes in float64).
-"""
+`dynamical`) weighted by a `ClassWeightSchedule` Γ(t) at the optimizer's step t. Each class
+takes the schedule's keyword arguments and Keras's `reduction`, `name`, `dtype`."""
 
 import warnings
 
@@ -51,8 +48,7 @@ class _DynamicalBase(keras.losses.Loss):
         return "float32" if dtype in ("float16", "bfloat16") else dtype
 
     def bind(self, source):
-        """Follows the step of `source`; returns `self`. With an optimizer, t is its
-        `iterations`, the number of updates applied (the guide's "What t counts").
+        """Follows the step of `source` (an optimizer's `iterations`); returns `self`.
 
         Args:
             source: a compiled `keras.Model` (its optimizer; also attaches the state that
@@ -103,9 +99,9 @@ class _DynamicalBase(keras.losses.Loss):
                 self._warned = True
                 warnings.warn(
                     f"{type(self).__name__} '{self.name}' follows no training step, so it uses Γ "
-                    "at step 0 at every call. Pass `callbacks=[keras_dynloss."
-                    "DynamicalLossScheduler()]` to `fit` and `evaluate`, or call "
-                    "`loss.bind(model)` after `compile`.", stacklevel=3)
+                    "at step 0 at every call. Pass `callbacks=[keras_dynloss.DynamicalLoss"
+                    "Scheduler()]` to `fit` and `evaluate`, or call `loss.bind(model)` after "
+                    "`compile`.", stacklevel=3)
             return ops.convert_to_tensor(0, "int32")
         return source.read() if hasattr(source, "read") else ops.convert_to_tensor(source)
 
@@ -131,15 +127,12 @@ class _DynamicalBase(keras.losses.Loss):
 class DynamicalLoss(_DynamicalBase):
     """Dynamical cross-entropy (Ruiz-Garcia et al., ICML 2021).
 
-    `F(t) = -(1/P) Σ_μ Γ_{y_μ}(t) log softmax(f(x_μ))_{y_μ}`; `amplitude=1` is exactly
-    Keras's cross-entropy. Labels: integers (B,) or (B, 1), or probabilities (B, C) (weight
-    `Σ_i y_i Γ_i`); invalid ones are never clamped (see `loss_functions`).
+    `F(t) = -(1/P) Σ_μ Γ_{y_μ}(t) log softmax(f(x_μ))_{y_μ}`, Keras's cross-entropy at
+    `amplitude=1`. Labels: integers (B,) or (B, 1), or probabilities (B, C) (weight `Σ_i y_i Γ_i`).
 
     Args:
         num_classes: C (>= 2); `y_pred` has C outputs.
         from_logits: whether `y_pred` holds logits.
-        **kwargs: the schedule's arguments (`amplitude`, `period`, ...; see
-            `ClassWeightSchedule`) and `reduction`, `name`, `dtype` (see the module).
 
     Example:
         >>> loss = DynamicalLoss(3, amplitude=70, period=5000, from_logits=True)
@@ -165,10 +158,6 @@ class DynamicalMeanSquaredError(_DynamicalBase):
 
     `F(t) = (1/P) Σ_μ Γ_{y_μ}(t) (1/C) Σ_i (y_μi - f_μi)²`, one-hot targets from integer labels.
 
-    Args:
-        num_classes: C (>= 2); `y_pred` has C outputs.
-        **kwargs: as for `DynamicalLoss`.
-
     Example:
         >>> model.compile("sgd", loss=DynamicalMeanSquaredError(10, amplitude=10, period=500))
     """
@@ -182,10 +171,6 @@ class DynamicalComponentwiseMeanSquaredError(_DynamicalBase):
 
     `F(t) = (1/P) Σ_μ (1/C) Σ_i Γ_i(t) (y_μi - f_μi)²`, one-hot targets from integer labels.
 
-    Args:
-        num_classes: C (>= 2); `y_pred` has C outputs.
-        **kwargs: as for `DynamicalLoss`.
-
     Example:
         >>> loss = DynamicalComponentwiseMeanSquaredError(10, amplitude=10, period=500)
     """
@@ -197,7 +182,7 @@ class DynamicalComponentwiseMeanSquaredError(_DynamicalBase):
 class Dynamical(_DynamicalBase):
     """Any per-sample loss made dynamical: `Γ_{c(y_μ)}(t) · ℓ(y_μ, f(x_μ))`, equal to `ℓ` at
     A = 1. The class `c(y_μ)` comes from the labels (integers weigh `Γ_y`, probabilities
-    `Σ_i y_i Γ_i`; invalid ones as in `loss_functions`) or from a callable.
+    `Σ_i y_i Γ_i`) or from a callable.
 
     Args:
         num_classes: C (>= 2); `y_pred` has C outputs.
@@ -205,7 +190,6 @@ class Dynamical(_DynamicalBase):
             `(y_true, y_pred) -> per-sample values (B,)`.
         classes: "auto", or a callable `y_true -> labels (B,) or probabilities (B, C)`
             (register it to save it).
-        **kwargs: as for `DynamicalLoss`.
 
     Example:
         >>> Dynamical(3, loss=keras.losses.Huber(), amplitude=10, period=500)

@@ -1,6 +1,5 @@
 """Matplotlib figures of Γ(t), a `History`, a probe and a sweep (`pip install
-"keras_dynloss[plot]"`): each function returns a `Figure` outside pyplot, shown as a notebook
-cell's value or written by `fig.savefig("gamma.png")`.
+"keras_dynloss[plot]"`): each returns a `Figure` outside pyplot (`fig.savefig("gamma.png")`).
 
 Example:
     >>> fig = kd.plot.gamma(kd.ClassWeightSchedule(3, amplitude=70, period=100), 300)
@@ -28,13 +27,11 @@ def gamma(schedule, steps, *, weights=None, ax=None, max_points=20000):
     """Γ_i(t) of a schedule or a dynamical loss, one line per class.
 
     Args:
-        schedule: a `ClassWeightSchedule` or a dynamical loss (anything with
-            `weights_at(steps)`); None with `weights`.
-        steps: a count `n` (steps 0 to n - 1), a `(start, stop)` pair, or an array of steps;
-            of more than `max_points`, evenly spread ones (a short period may alias).
+        schedule: a `ClassWeightSchedule` or a dynamical loss; None with `weights`.
+        steps: a count `n` (steps 0 to n - 1), a `(start, stop)` pair, or an array of steps.
         weights: Γ at `steps`, shape (len(steps), C), instead of a schedule.
         ax: matplotlib axes to draw into (default: a new figure).
-        max_points: the most steps evaluated.
+        max_points: the most steps evaluated, evenly spread (a short period may alias).
     """
     if isinstance(steps, (int, np.integer)) or (isinstance(steps, tuple) and len(steps) == 2):
         steps = np.arange(*np.atleast_1d(steps))
@@ -109,8 +106,7 @@ def probe(history, *, learning_rate=None, axes=None, step_range=None):
     """A curvature probe's λ_max against the training step.
 
     Args:
-        history: a `CurvatureProbe` / `InStepProbe` or its `history` dict (keyed by `step`,
-            with `hessian_max_eig` and/or `ntk_max_eig`).
+        history: a `CurvatureProbe` / `InStepProbe` or its `history` dict (`step`, `*_max_eig`).
         learning_rate: η: draws the gradient-descent stability line 2/η beside the Hessian's.
         axes: one matplotlib axes per panel present (default: a new figure).
         step_range: `(start, stop)`: show only those steps.

@@ -60,13 +60,11 @@ def _random_ranks(seed, cycle, num_classes):
 
 
 def _group_masks(class_order, num_classes, group_size):
-    """The checked `class_order` and the (G, C) 0/1 masks of each period's classes (None for
-    "random": drawn per cycle in `emphasis`)."""
+    """The checked `class_order` and its (G, C) 0/1 group masks (None for "random")."""
     if class_order == "random":
         return class_order, None
     if class_order == "cyclic":
-        groups = [list(range(s, min(s + group_size, num_classes)))
-                  for s in range(0, num_classes, group_size)]
+        groups = [range(s, s + group_size) for s in range(0, num_classes, group_size)]
     else:
         items = class_order if isinstance(class_order, (list, tuple)) else []
         groups = [list(i) if isinstance(i, (list, tuple)) else [i] for i in items]
@@ -77,10 +75,7 @@ def _group_masks(class_order, num_classes, group_size):
                           f"indices in [0, {num_classes}) or of non-empty groups of them",
                           class_order)
         class_order = groups = [[int(c) for c in group] for group in groups]
-    masks = np.zeros((len(groups), num_classes), "float32")
-    for g, members in enumerate(groups):
-        masks[g, members] = 1.0
-    return class_order, masks
+    return class_order, np.array([np.isin(range(num_classes), g) for g in groups], "float32")
 
 
 _ARGUMENTS = ("num_classes", "amplitude", "period", "shape", "normalize", "class_order",
@@ -159,8 +154,7 @@ class ClassWeightSchedule:
         return ops.cast(mask, "float32")
 
     def __call__(self, step, dtype="float32"):
-        """Γ(step) of `dtype`, shape `step.shape + (C,)`, for integer step(s) t >= 0 (a tensor
-        inside a compiled step)."""
+        """Γ(step), shape `step.shape + (C,)`, for integer steps t >= 0 (a tensor when traced)."""
         t = ops.convert_to_tensor(step)
         if "int" not in str(t.dtype):
             t = ops.cast(t, "int32")

@@ -26,8 +26,7 @@ def value_and_grad(fn, theta):
 
 
 def linearize_grad(fn, theta):
-    """`jax.linearize` of `jax.value_and_grad(fn)`: the forward pass and the gradient run
-    once; each `hvp(v)` evaluates only the linearised (tangent) program."""
+    """`jax.linearize` of `jax.value_and_grad(fn)`: `hvp(v)` runs only the tangent program."""
     (value, grad), tangent = jax.linearize(jax.value_and_grad(fn), theta)
     return value, grad, lambda v: tangent(v)[1]
 

@@ -26,8 +26,7 @@ def value_and_grad(fn, theta):
 
 
 def linearize_grad(fn, theta):
-    """Forward pass and gradient recorded once on a persistent tape; `hvp(v)` is one backward
-    pass through the gradient (`output_gradients=v`)."""
+    """Forward pass and gradient taped once; `hvp(v)` is one backward pass through the gradient."""
     with tf.GradientTape(persistent=True) as outer:
         outer.watch(theta)
         with tf.GradientTape() as inner:
@@ -42,8 +41,7 @@ def linearize_grad(fn, theta):
 
 
 def linearize(fn, theta):
-    """Forward pass recorded once; `vjp` is one backward pass, `jvp` the transpose of
-    `u -> J^T u` recorded at `u = 0` (the double-VJP trick, no forward-mode pass)."""
+    """Forward pass taped once; `vjp` is a backward pass, `jvp` its transpose (double VJP)."""
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(theta)
         out = fn(theta)

@@ -50,8 +50,7 @@ def value_and_grad(fn, theta):
 
 
 def linearize_grad(fn, theta):
-    """Forward pass and gradient recorded once (`create_graph=True`); `hvp(v)` is one
-    backward pass through the gradient (`retain_graph=True`)."""
+    """Forward pass and gradient recorded once; `hvp(v)` is a backward pass through the gradient."""
     theta = _leaf(theta)
     with torch.enable_grad():
         value = fn(theta)
@@ -65,8 +64,7 @@ def linearize_grad(fn, theta):
 
 
 def linearize(fn, theta):
-    """Forward pass recorded once; `vjp` is one backward pass, `jvp` the transpose of
-    `u -> J^T u` recorded at `u = 0` (one double-backward pass per product)."""
+    """Forward pass recorded once; `vjp` is a backward pass, `jvp` its transpose (double VJP)."""
     theta = _leaf(theta)
     with torch.enable_grad():
         out = fn(theta)
