@@ -1,9 +1,5 @@
 """Data of curvature operators: one `(x, y[, sample_weight])` batch, or a dataset read once
-into memory, so that every product sees the same samples.
-
-Example:
-    >>> batches = read_batches(dataset.take(4))     # [(x, y, sample_weight or None)]
-"""
+into memory, so that every product sees the same samples: `read_batches(dataset.take(4))`."""
 
 import sys
 
@@ -44,8 +40,7 @@ def _batch(element):
 
 
 def read_batches(data, num_batches=None):
-    """Reads `data` once: a list of `(x, y, sample_weight or None)`; a dataset to its end or
-    to `num_batches` batches (an infinite or unknown-length one needs `num_batches`)."""
+    """`data` read once (a dataset to its end or `num_batches`): `[(x, y, sample_weight)]`."""
     num_batches = _checks.check_int("num_batches", num_batches, minimum=1, allow_none=True)
     if not is_dataset(data):
         if num_batches is not None:

@@ -1,13 +1,7 @@
 """Curvature products across the replicas of a one-machine `tf.distribute.MirroredStrategy`.
 
 Each replica records a contiguous shard of the batch (`A v = sum_r N_r A_r v / N`), placed
-with `tf.device` from cross-replica context: in a replica context (`strategy.run`) Keras
-would divide mean losses by the number of replicas.
-
-Example:
-    >>> devices = replica_devices(model)      # None off a multi-replica MirroredStrategy
-    >>> fn = sharded_curvature_fn(curvature_fn(flat, loss), devices)
-"""
+with `tf.device` from cross-replica context (`strategy.run` would divide mean losses)."""
 
 import tensorflow as tf
 

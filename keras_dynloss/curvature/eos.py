@@ -7,8 +7,7 @@ of stability (Cohen et al., 2021 and 2022), with `eta` the learning rate of the 
 | `SGD(eta, momentum=mu, nesterov=True)` | `lambda_max(H)` | `lambda eta (1+2mu) / (2+2mu)` |
 | `Adam` / `AdamW(eta, beta_1)` | `lambda_max(P^-1 H)` | `lambda eta (1-b1) / (2+2b1)` |
 
-NaN at `eta = 0`, and for Adam before its first update. Adam's `P` is Keras's own
-(`inverse_sqrt_preconditioner`); AdamW's weight decay does not enter.
+NaN at `eta = 0` and before Adam's first update; AdamW's weight decay does not enter.
 
 Example:
     >>> ratio(keras.optimizers.SGD(0.1, momentum=0.9), 30.0)   # 30 * 0.1 / 3.8
@@ -42,8 +41,7 @@ def learning_rate(optimizer):
 
 
 def ratio(optimizer, curvature, rate=None):
-    """`eos_ratio` (a float, see the module) for `curvature` (`lambda_max(H)` for SGD,
-    `lambda_max(P^-1 H)` for Adam) at learning rate `rate` (default: the current one)."""
+    """`eos_ratio` (the module's table) for `curvature` at `rate` (default: the current one)."""
     optimizer = unwrap(optimizer)
     eta = float(np.asarray(ops.convert_to_numpy(learning_rate(optimizer) if rate is None
                                                  else rate)))
@@ -58,8 +56,7 @@ def ratio(optimizer, curvature, rate=None):
 
 def inverse_sqrt_preconditioner(optimizer, moments, step, dtype):
     """`P^-1/2` (n,) in `dtype` after `step` >= 1 updates, `P = sqrt(v / c) + eps / sqrt(c)`,
-    `c = 1 - beta_2^step`, `v` the `moments` of Adam's second-moment slots in flat order (their
-    running maximum with amsgrad, `_compat.adam_second_moments`)."""
+    `c = 1 - beta_2^step`, `v` Adam's second `moments` (`_compat.adam_second_moments`)."""
     t = ops.cast(ops.maximum(step, 1), dtype)
     correction = 1.0 - ops.power(ops.convert_to_tensor(float(optimizer.beta_2), dtype), t)
     v = ops.concatenate([ops.reshape(ops.cast(m, dtype), (-1,)) for m in moments])

@@ -44,13 +44,8 @@ def _owner(flat, op_type, x, training):
 
 
 def compile_guarded(flat, fn, x, *, training=False, jit_compile=False):
-    """`fn`, products of `flat` in mode `training`, compiled for the backend; on TensorFlow,
-    a missing second derivative raises `NotTwiceDifferentiableError`, the layer found in the
-    name scopes of the first derivative traced (not run) on the input batch `x`.
-
-    Example:
-        >>> product = compile_guarded(flat, product_fn, x)
-    """
+    """`fn` (products of `flat`) compiled; on TensorFlow a missing second derivative raises
+    `NotTwiceDifferentiableError`, naming the layer (the first derivative traced on `x`)."""
     compiled = backend.get().compile_function(fn, jit_compile=jit_compile)
     if backend.name() != "tensorflow":
         return compiled

@@ -92,8 +92,7 @@ class FlatParameters:
         return self.flatten(self.values(ops.zeros((self.num_parameters,), block.dtype), block))
 
     def values(self, theta, block=None):
-        """The trainable values (variable shapes and dtypes) of `theta`, the chosen ones
-        taken from `block` (m,) when given."""
+        """The trainable values of `theta`, the chosen ones from `block` (m,) when given."""
         pieces = [theta[a:b] for a, b in zip(self._offsets[:-1], self._offsets[1:])]
         if block is not None:
             start = 0
@@ -104,8 +103,7 @@ class FlatParameters:
 
     def forward(self, theta, non_trainable, x, *, block=None, training=False,
                 return_losses=False):
-        """The model's outputs on `x` at `theta` (and `block`) and, with `return_losses`, its
-        added losses cast to `dtype`; mixed-precision layers compute in their variable dtype."""
+        """The outputs on `x` at `theta` (and `block`) [, the added losses in `dtype`]."""
         takes_training = "training" in self.model.call_signature_parameters
         kwargs = {"training": training} if takes_training else {}
         for layer, policy in self._mixed:
@@ -141,10 +139,8 @@ class FlatParameters:
 
 def loss_value(loss, y, outputs, sample_weight, dtype):
     """`loss(y, outputs[, sample_weight])` as a scalar of `dtype` (a non-scalar is averaged)."""
-    if sample_weight is None:
-        value = loss(y, outputs)
-    else:
-        value = loss(y, outputs, sample_weight=sample_weight)
+    kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
+    value = loss(y, outputs, **kwargs)
     return ops.cast(ops.mean(value) if len(value.shape) else value, dtype)
 
 

@@ -12,8 +12,7 @@ from keras_dynloss.curvature.program import filled, xla_cpu_warning
 
 
 class ProbeState(keras.metrics.Metric):
-    """The variables of an `InStepProbe`, in `model.metrics_variables` (which every trainer
-    carries through the step); never reset, logs nothing."""
+    """The variables of an `InStepProbe`, in `model.metrics_variables`; never reset."""
 
     def __init__(self, spec, sizes, capacity, last=-1):
         super().__init__(name="in_step_probe")
@@ -58,12 +57,10 @@ def _write_row(variable, row, value):
 
 
 class InStepProbe(keras.callbacks.Callback):
-    """Runs `probe` inside a compiled training step.
+    """Runs `probe` inside a compiled training step (the curvature guide).
 
-    The step calls `maybe_probe()` where the parameters are those of step
-    `optimizer.iterations`; a due probe writes a row of buffers (`capacity + 1` rows), `flush()`
-    records them. JAX: call it in a `keras.StatelessScope` of the step's values and carry the
-    metrics variables (`ProbeState`, on the model) out, as Keras's trainers do.
+    The step calls `maybe_probe()`; a due probe writes a row of buffers (`capacity + 1` rows),
+    `flush()` records them. JAX: call it in a `keras.StatelessScope` of the step's values.
 
     Args:
         probe: a `CurvatureProbe` with `every_n_steps` and a fixed batch `(x, y)`; its
@@ -71,9 +68,6 @@ class InStepProbe(keras.callbacks.Callback):
         capacity: the most probes between two flushes (an epoch's, with `in_step` in
             `callbacks`), e.g. `steps_per_epoch // every_n_steps + 2`. A probe due while the
             buffers are full is not taken: it is counted, and the next `flush` raises.
-
-    Use: `build(model)` after `compile` and the loss's schedule, and `in_step` in `callbacks`
-    (or call `flush()`).
 
     Example:
         >>> in_step = InStepProbe(CurvatureProbe((x, y), every_n_steps=25), capacity=200)
@@ -155,8 +149,8 @@ class InStepProbe(keras.callbacks.Callback):
         state.missed.assign(ops.convert_to_tensor(state.missed) + missed)
 
     def flush(self):
-        """Records the buffered probes into the probe's `history` and empties the buffer;
-        returns the last values. Raises `ValueError` if due probes found the buffer full."""
+        """Records the buffered probes and empties the buffer; returns the last values. Raises
+        `ValueError` if due probes found the buffer full."""
         if self._state is None:
             return {}
         model = self._program.flat.model
@@ -164,8 +158,8 @@ class InStepProbe(keras.callbacks.Callback):
             model.jax_state_sync()
         state = self._state
         count, missed = (int(ops.convert_to_numpy(v)) for v in (state.count, state.missed))
-        buffers = [ops.convert_to_numpy(b)[:count] for b in state.buffers]
-        steps, rates = (ops.convert_to_numpy(v)[:count] for v in (state.steps, state.rates))
+        steps, rates, *buffers = (ops.convert_to_numpy(v)[:count]
+                                  for v in (state.steps, state.rates, *state.buffers))
         values = {}
         for i, step in enumerate(steps):
             results = keras.tree.pack_sequence_as(self._program.spec, [b[i] for b in buffers])

@@ -1,7 +1,5 @@
-"""Lanczos on a symmetric operator `v -> A v`, written once on `keras.ops`: `lanczos_step`
-driven by `lanczos_loop` (an `ops.while_loop`, for graphs) or from Python for any callable
-(`lanczos_tridiagonal`, `lanczos`), in `krylov_dtype()`. Products use `ops.einsum`: on
-PyTorch Keras's `matmul`, `dot` and `norm` return float32 for float64."""
+"""Lanczos on a symmetric `v -> A v` in `krylov_dtype()`: `lanczos_loop` in graphs, `lanczos`
+from Python. Products use `ops.einsum` (on PyTorch Keras's `matmul` returns float32)."""
 
 import collections
 import warnings
@@ -67,10 +65,9 @@ def _tridiagonal_eigh(alphas, betas, steps):
 
 def lanczos_step(matvec, state, *, order, tol=None, k=1, min_steps=1, restart=True, seed=0,
                  branch=ops.cond):
-    """Step `j`: writes `q_j`, `alpha_j`, `beta_j` and the next `q`. A breakdown
-    (`beta_j <= eps^(3/4) max|T|`) sets `beta_j = 0` and, before the last step, is counted and
-    restarts from a random vector orthogonal to the basis (seed `fold_in(seed, j)`), or stops
-    without `restart`. Arguments as in `lanczos_loop`; `branch`: `ops.cond` or a Python `if`."""
+    """Step `j` (arguments as in `lanczos_loop`; `branch`: `ops.cond` or a Python `if`). A
+    breakdown (`beta_j <= eps^(3/4) max|T|`) sets `beta_j = 0` and, before the last step, is
+    counted and restarts (seed `fold_in(seed, j)`) or stops without `restart`."""
     j, q, basis, alphas, betas, breakdowns, _ = state
     dtype = keras.backend.standardize_dtype(q.dtype)
     basis = ops.slice_update(basis, (j, 0 * j), q[None])
@@ -139,12 +136,9 @@ def lanczos_loop(matvec, start, order, *, tol=None, k=1, min_steps=1, restart=Tr
 
 
 def ritz(run, k=1):
-    """The top-`k` Ritz pairs of a `LanczosRun`, largest first: for `T_steps s_i = theta_i s_i`,
-    `u_i = Q^T s_i` has residual `||A u_i - theta_i u_i|| = beta_{steps-1} |s_i[steps-1]|`.
-
-    Returns:
-        `(values (k,), residuals (k,), vectors (n, k))`; NaN and zero beyond the steps taken.
-    """
+    """`(values (k,), residuals (k,), vectors (n, k))`, the top-`k` Ritz pairs of a `LanczosRun`
+    (NaN and zero beyond its steps): for `T_steps s_i = theta_i s_i`, `u_i = Q^T s_i` has
+    residual `||A u_i - theta_i u_i|| = beta_{steps-1} |s_i[steps-1]|`."""
     _checks.check_int("k", k, minimum=1, maximum=run.alphas.shape[0])
     theta, s = _tridiagonal_eigh(run.alphas, run.betas, run.steps)
     real = ops.arange(k) < run.steps

@@ -18,15 +18,6 @@ from keras_dynloss.curvature.trace import hutchinson_trace, spectral_density
 DENSE_NTK_MAX_BYTES = 2**28
 
 
-def _at_model_step(model, loss):
-    """A dynamical loss bound to no step, at the model's optimizer step (if it has one)."""
-    _checks.check_callable("loss", loss)
-    if (getattr(loss, "step", 0) is None and hasattr(loss, "at_step")
-            and getattr(model, "optimizer", None) is not None):
-        return loss.at_step(int(ops.convert_to_numpy(model.optimizer.iterations)))
-    return loss
-
-
 def replicas(model):
     """The devices of a multi-replica MirroredStrategy holding `model` (TensorFlow), or None."""
     if backend.name() == "tensorflow":
@@ -41,8 +32,7 @@ class _Operator:
     _argument = "v"
 
     def __call__(self, v):
-        """`A v` for v (size,): a NumPy array (float64 unless float32) or a tensor, returned
-        alike."""
+        """`A v` for v (size,): a NumPy array (float64 unless float32) or a tensor, alike."""
         if not ops.is_tensor(v):
             v = np.asarray(v)
             v = v if v.dtype == np.float32 else v.astype(np.float64)
@@ -57,8 +47,7 @@ class _Operator:
 
     def dense(self):
         """The matrix (size, size) in float64, column by column (`size` products)."""
-        eye = np.eye(self.size)
-        return np.stack([self(eye[i]) for i in range(self.size)], axis=1)
+        return np.stack([self(e) for e in np.eye(self.size)], axis=1)
 
 
 class HessianOperator(_Operator):
@@ -68,8 +57,7 @@ class HessianOperator(_Operator):
 
     Args:
         model: a built `keras.Model`.
-        loss: `loss(y, outputs[, sample_weight])`, e.g. a `keras.losses.Loss`; a dynamical
-            loss bound to no step is taken at the model's optimizer step.
+        loss: `loss(y, outputs[, sample_weight])`, e.g. a `keras.losses.Loss`.
         data: an `(x, y[, sample_weight])` batch or a `tf.data.Dataset` of them, read once.
         variables: None (every trainable variable) or variables and/or layers: the block.
         operator: `"hessian"` or `"gauss_newton"`.
@@ -78,8 +66,7 @@ class HessianOperator(_Operator):
         include_regularization: add the model's added losses (`model.losses`) to `L`.
         micro_batch_size: sub-batch size dividing every batch (`products`); None: whole.
 
-    Attributes: `size` (m), `dtype` (of the products), `num_matvecs`, `batches` (the
-    `(x, y, sample_weight or None)` read from `data`).
+    Attributes: `size` (m), `dtype`, `num_matvecs`, `batches` (read from `data`).
 
     Example:
         >>> op = HessianOperator(model, keras.losses.MeanSquaredError(), (x, y))
@@ -93,7 +80,11 @@ class HessianOperator(_Operator):
                       include_regularization=_checks.check_bool(
                           "include_regularization", include_regularization))
         self.flat = flat = FlatParameters(model, variables)
-        self.loss = loss = _at_model_step(model, loss)
+        _checks.check_callable("loss", loss)
+        if (getattr(loss, "step", 0) is None and hasattr(loss, "at_step")
+                and getattr(model, "optimizer", None) is not None):  # at the optimizer's step
+            loss = loss.at_step(int(ops.convert_to_numpy(model.optimizer.iterations)))
+        self.loss = loss
         self.batches = read_batches(data, num_batches)
         self._rows = [num_rows(x) for x, _, _ in self.batches]
         fn = products.curvature_fn(flat, loss, operator=operator,
@@ -173,8 +164,7 @@ class NTKOperator(_Operator):
         return self._fn(self.flat.read(), self.flat.non_trainable(), u, self.x)
 
     def gram(self, batch_size=None):
-        """`Theta` (size, size) in float64 from the explicit Jacobian, `batch_size` samples
-        at a time (default all)."""
+        """`Theta` (size, size) in float64 from the Jacobian, `batch_size` samples at a time."""
         step = _checks.check_int("batch_size", batch_size, minimum=1, allow_none=True)
         step = step or self.num_samples
         jacobian = compile_guarded(self.flat, products.jacobian_fn(
@@ -193,12 +183,10 @@ def hessian_eigenvalues(model, loss, data, k=1, *, order=None, tol=1e-4, which="
                         seed=0, return_eigenvectors=False, **options):
     """`k` extreme eigenvalues of the loss Hessian (or Gauss-Newton matrix) by Lanczos.
 
-    `model`, `loss`, `data` and the keyword `options` (`variables`, `operator`, `num_batches`,
-    `training`, ...) are those of `HessianOperator`; `k`, `order` (Lanczos steps), `tol`,
-    `which`, `seed` and `return_eigenvectors` those of `lanczos.lanczos`.
+    `model`, `loss`, `data` and the keyword `options` (`operator`, `training`, ...) are those
+    of `HessianOperator`; the others those of `lanczos.lanczos`.
 
-    Returns an `EigenResult`, eigenvalues (k,) largest first (eigenvectors (m, k) if asked).
-    Example:
+    Returns an `EigenResult`, eigenvalues (k,) largest first. Example:
         >>> hessian_eigenvalues(model, model.loss, (x, y), k=3).eigenvalues
     """
     op = HessianOperator(model, loss, data, **options)
@@ -233,10 +221,7 @@ def hessian_density(model, loss, data, *, num_vectors=8, order=30, sigma=None, g
 
 
 def ntk_gram(model, x, *, batch_size=None, **options):
-    """The empirical NTK of `NTKOperator(model, x, **options)` as a float64 NumPy array, from
-    the explicit Jacobian (`N K m` numbers), `batch_size` samples at a time (default all).
-
-    Example:
+    """The empirical NTK of `NTKOperator(model, x, **options)`: `NTKOperator.gram`. Example:
         >>> ntk_gram(model, x[:32]).shape
         (32, 32)
     """
@@ -252,8 +237,7 @@ def ntk_eigenvalues(model, x, k=1, *, algorithm="auto", order=None, seed=0, batc
     then `numpy.linalg.eigvalsh`: exact), `"lanczos"` (matrix free, `order` products, `seed`)
     or `"auto"` (dense when the Jacobian takes at most `DENSE_NTK_MAX_BYTES` as float64).
 
-    Returns an `EigenResult`, eigenvalues (k,) largest first; `.method` says which ran.
-    Example:
+    Returns an `EigenResult` (`.method`: which ran). Example:
         >>> ntk_eigenvalues(model, x[:100], k=2).eigenvalues
     """
     algorithm = _checks.check_choice("algorithm", algorithm, ("auto", "dense", "lanczos"))

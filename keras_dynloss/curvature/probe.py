@@ -21,15 +21,12 @@ _FLAGS = ("per_layer", "warm_start", "trace", "ntk", "ntk_trace_outputs", "eos_r
 class CurvatureProbe(keras.callbacks.Callback):
     """Measures curvature on a probe batch every N steps (or epochs) of `fit`.
 
-    Each probe, one compiled call, runs Lanczos on the loss Hessian `H` (or Gauss-Newton `G`)
-    and, if asked, per layer, on the NTK and on Adam's `P^-1/2 H P^-1/2` (`eos`), and
-    Hutchinson on `tr(H)`. Its values (`hessian_max_eig`, ...: the curvature guide's table) go
-    into `logs` (list `CSVLogger` after the probe), `history` (or `csv_path`) and TensorBoard,
-    keyed by the optimizer step. It changes no variable. Custom loops call `probe.probe()`.
+    Each probe, one compiled call, runs Lanczos (and Hutchinson) on the curvature guide's
+    targets. Its values go into `logs` (list `CSVLogger` after the probe), `history` (or
+    `csv_path`) and TensorBoard, keyed by the optimizer step. Custom loops call `probe.probe()`.
 
     Args:
-        data: a batch `(x, y[, sample_weight])` or a `tf.data.Dataset` of them (a fresh batch
-            per probe, re-iterated; a batch of another size than the first is skipped).
+        data: a batch `(x, y[, sample_weight])` or a `tf.data.Dataset` of them (one a probe).
         every_n_steps: probe when the optimizer step passes a multiple of this.
         every_n_epochs: probe every N-th epoch end (default 1 without `every_n_steps`).
         loss: the loss to differentiate; default `model.loss`.
@@ -81,16 +78,16 @@ class CurvatureProbe(keras.callbacks.Callback):
         self._loss = None if loss is None else _checks.check_callable("loss", loss)
         self.operator = _checks.check_choice("operator", operator, products.OPERATORS)
         self.variables = variables
-        self.lanczos_order = check("lanczos_order", lanczos_order, minimum=1)
+        values = locals()
+        for name, minimum in (("lanczos_order", 1), ("trace_samples", 2), ("ntk_order", 1),
+                              ("seed", 0)):
+            setattr(self, name, check(name, values[name], minimum=minimum))
         self.top_k = check("top_k", top_k, minimum=1, maximum=self.lanczos_order)
         self.tol = None if tol is None else _checks.check_float("tol", tol, positive=True)
         self.warm_start_noise = _checks.check_float("warm_start_noise", warm_start_noise,
                                                     nonnegative=True)
-        values = locals()
         for name in _FLAGS:
             setattr(self, name, _checks.check_bool(name, values[name]))
-        for name, minimum in (("trace_samples", 2), ("ntk_order", 1), ("seed", 0)):
-            setattr(self, name, check(name, values[name], minimum=minimum))
         self.micro_batch_size = check("micro_batch_size", micro_batch_size, minimum=1,
                                       allow_none=True)
         if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
@@ -115,8 +112,7 @@ class CurvatureProbe(keras.callbacks.Callback):
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def build_for(self, model, x=None):
-        """The `Program` of `model` on the fixed probe batch (or on `x`, a dataset's batch),
-        reused until the loss, its schedule or the optimizer changes."""
+        """The `Program` of `model` on the probe batch (or `x`), reused while the key holds."""
         if model is not self.model:
             self.set_model(model)
         if x is None and self.stochastic:
@@ -170,8 +166,7 @@ class CurvatureProbe(keras.callbacks.Callback):
         return int(ops.convert_to_numpy(opt.iterations))
 
     def probe(self, model=None, *, step=None):
-        """Runs one probe now at `step` (default `optimizer.iterations`) of `model` (default:
-        the model of `fit`); returns its values `{key: float}` (also recorded)."""
+        """Runs and records one probe of `model` at `step` (default: `optimizer.iterations`)."""
         if model is not None and model is not self.model:
             self.set_model(model)
         if self.model is None:
@@ -188,8 +183,7 @@ class CurvatureProbe(keras.callbacks.Callback):
         return self.record(results, step=step, learning_rate=rate)
 
     def record(self, results, *, step, learning_rate=None):
-        """Records the `results` of a probe at `step` (`learning_rate` for `eos_ratio`);
-        returns its values `{key: float}`."""
+        """Records the `results` of a probe at `step`; returns its values `{key: float}`."""
         r = keras.tree.map_structure(lambda t: np.asarray(ops.convert_to_numpy(t)), results)
         p, kind, values = self.operator, self._program.kind, {}
         keys = {"ntk": "ntk_max_eig", "preconditioned": "preconditioned_max_eig"}

@@ -1,9 +1,8 @@
 """Hessian, Gauss-Newton and NTK products of a Keras model, written once for every backend.
 
 A builder returns a pure function `(theta, non_trainable, x, y, sample_weight) -> matvec`
-(`theta`, `non_trainable` as in `flat`): the call records the forward pass (Hessian: and the
-gradient) once, and each product `v -> A v` on the block (m,) runs backward passes only;
-with `micro_batch_size` over sub-batches, each recorded anew (see the curvature guide).
+(`theta`, `non_trainable` as in `flat`): the call records the forward pass once, and each
+product `v -> A v` on the block (m,) runs backward passes only (the curvature guide).
 
 Example:
     >>> flat = FlatParameters(model)
@@ -46,8 +45,7 @@ def _micro(size):
 def curvature_fn(flat, loss, *, operator="hessian", training=False, include_regularization=True,
                  micro_batch_size=None):
     """Builds `(theta, non_trainable, x, y, sample_weight) -> matvec` of `H` or `G` on the
-    block of `flat` (a `FlatParameters`): (m,) to (m,) in `flat.dtype`. The other arguments
-    are those of `operators.HessianOperator`."""
+    block of `flat`: (m,) to (m,) in `flat.dtype`; arguments as in `HessianOperator`."""
     operator = _checks.check_choice("operator", operator, OPERATORS)
     size = _micro(micro_batch_size)
     record = _hessian if operator == "hessian" else _gauss_newton
@@ -69,12 +67,14 @@ def curvature_fn(flat, loss, *, operator="hessian", training=False, include_regu
     return fn
 
 
-def _hessian(flat, loss, theta, non_trainable, x, y, sw, *, training, include_regularization):
-    def objective(block):
-        return flat.loss(loss, theta, non_trainable, x, y, sw, block=block, training=training,
-                         include_regularization=include_regularization)
-    _, _, hvp = backend.get().linearize_grad(objective, flat.select(theta))
-    return hvp
+def _objective(flat, loss, theta, non_trainable, x, y, sw, **kwargs):
+    """`block -> L`: the loss as a function of the block (m,) of `theta`."""
+    return lambda block: flat.loss(loss, theta, non_trainable, x, y, sw, block=block, **kwargs)
+
+
+def _hessian(flat, loss, theta, non_trainable, x, y, sw, **kwargs):
+    objective = _objective(flat, loss, theta, non_trainable, x, y, sw, **kwargs)
+    return backend.get().linearize_grad(objective, flat.select(theta))[2]
 
 
 def _gauss_newton(flat, loss, theta, non_trainable, x, y, sw, *, training,
@@ -101,21 +101,17 @@ def _gauss_newton(flat, loss, theta, non_trainable, x, y, sw, *, training,
     return lambda v: vjp(h_out(jvp(v))) + reg_hvp(v)
 
 
-def gradient_fn(flat, loss, *, training=False, include_regularization=True):
+def gradient_fn(flat, loss, **kwargs):
     """Builds `(theta, non_trainable, x, y, sample_weight) -> (L, grad)`, grad (m,)."""
     def fn(theta, non_trainable, x, y, sample_weight=None):
-        def objective(block):
-            return flat.loss(loss, theta, non_trainable, x, y, sample_weight, block=block,
-                             training=training, include_regularization=include_regularization)
+        objective = _objective(flat, loss, theta, non_trainable, x, y, sample_weight, **kwargs)
         return backend.get().value_and_grad(objective, flat.select(theta))
     return fn
 
 
 def ntk_pieces_matvec(pieces, num_outputs, trace_outputs, unroll_outputs=False):
-    """`u -> Theta u` from `pieces` `[(start, stop, jvp, vjp, place)]`, row blocks r of the N
-    outputs, `vjp(U_r) = J_r^T U_r`, `jvp(w) = J_r w`, called inside `place()` (e.g. a device).
-    Full: `J J^T U = concat_r J_r (sum_s J_s^T U_s)`, U (N, K); traced: its column c on
-    `U = u e_c^T` for each of the K channels, in a loop (or unrolled)."""
+    """`u -> Theta u` from row blocks `[(start, stop, jvp, vjp, place)]` (`place()`: e.g. a
+    device): `J J^T U = concat_r J_r (sum_s J_s^T U_s)`, U (N, K); traced: on `U = u e_c^T`."""
     def gram(cot):
         terms = []
         for start, stop, _, vjp, place in pieces:
@@ -146,8 +142,7 @@ def ntk_pieces_matvec(pieces, num_outputs, trace_outputs, unroll_outputs=False):
 def ntk_fn(flat, *, trace_outputs=True, training=False, micro_batch_size=None,
            unroll_outputs=False):
     """Builds `(theta, non_trainable, x, y=None, sample_weight=None) -> matvec` of the
-    empirical NTK (`operators.NTKOperator`) on `x`. `unroll_outputs` unrolls the loop over the
-    K channels (XLA's CPU backend runs convolutions in loops far slower, jax-ml/jax#12868)."""
+    empirical NTK (`operators.NTKOperator`) on `x`; `unroll_outputs`: no loop over channels."""
     size = _micro(micro_batch_size)
 
     def fn(theta, non_trainable, x, y=None, sample_weight=None):

@@ -28,8 +28,7 @@ _CONVOLUTIONS = tuple(getattr(keras.layers, name) for name in (
 
 
 def xla_cpu_warning(model, jit_compile, what=None):
-    """The warning when XLA compiles a convolutional model's probe on a CPU (jax-ml/jax#12868),
-    else None."""
+    """The warning when XLA compiles a convolutional model's probe on a CPU, else None."""
     name = backend.name()
     if name == "torch" or not (jit_compile or name == "jax") or not any(
             isinstance(layer, _CONVOLUTIONS) for layer in _compat.iter_layers(model)):

@@ -54,8 +54,7 @@ class TraceResult:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DensityResult:
-    """Spectral density of `A` by stochastic Lanczos quadrature (`trace.spectral_density`),
-    `phi(t) ~ 1/V sum_v sum_j w_vj N(t; theta_vj, sigma^2)` over `V` Lanczos runs.
+    """Spectral density `phi(t) ~ 1/V sum_v sum_j w_vj N(t; theta_vj, sigma^2)` of `A` (SLQ).
 
     Attributes:
         grid: array `(g,)` of evaluation points.
