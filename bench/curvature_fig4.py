@@ -4,8 +4,8 @@ Each timing is a fresh process, the configurations alternating `--runs` times (m
 
 1. the spiral runner (`experiments._spiral.train_spiral`: MLP 2-100-3, float64, XLA, 70000
    full-batch GD steps, Γ with A = 70, T = 5000) with the in-step Hessian λ_max every 25 steps
-   (`InStepProbe`: Lanczos order 10, tolerance 1e-3, warm start) ÷ unprobed: `fit` alone and
-   the whole process (goal <= 1.5);
+   (`InStepProbe`: Lanczos order 10, tolerance 1e-3, warm start) ÷ unprobed, one CPU thread
+   as the CLI runs it: `fit` alone and the whole process (goal <= 1.5);
 2. the user's command, Hessian and NTK λ_max as the paper plots:
    `python -m keras_dynloss fig4 --probe-every 25` ÷ `--probe-every 0`, whole process
    (goal <= 2.0).
@@ -21,6 +21,8 @@ import tempfile
 import time
 
 RUNNER = ("import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3'); "
+          "from keras_dynloss.experiments.workers import set_cpu_threads; "
+          "set_cpu_threads(1); "  # as the CLI runs the spiral
           "from keras_dynloss.experiments._spiral import train_spiral; "
           "r = train_spiral(width=100, steps={steps}, dtype='float64', probe_every={every}, "
           "probe_ntk=False); print('fit', r['seconds'])")

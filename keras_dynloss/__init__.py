@@ -1,26 +1,42 @@
 """keras_dynloss: dynamical loss functions for Keras 3 (TensorFlow, JAX, PyTorch): Ruiz-Garcia
 et al., ICML 2021 (arXiv 2102.03793); dynamical MSE from arXiv 2410.10690."""
 
+import gc
 import importlib
 import os
 import sys
 
-# The command line (`python -m keras_dynloss`, `keras-dynloss`) hides TensorFlow's INFO and
-# WARNING logs unless the user chose a level; the variable counts only before TensorFlow loads.
-if "TF_CPP_MIN_LOG_LEVEL" not in os.environ and (
-        os.path.basename(sys.argv[0] if sys.argv else "").startswith("keras-dynloss")
-        or list(getattr(sys, "orig_argv", []))[1:3] == ["-m", "keras_dynloss"]):
+_COMMAND_LINE = (os.path.basename(sys.argv[0] if sys.argv else "").startswith("keras-dynloss")
+                 or list(getattr(sys, "orig_argv", []))[1:3] == ["-m", "keras_dynloss"])
+# The command line hides TensorFlow's INFO and WARNING logs unless the user chose a level (the
+# variable counts only before TensorFlow loads), and on TensorFlow it hides, while Keras loads,
+# the optional packages whose integrations Keras and TensorFlow import when installed and the
+# command line never uses (about a second of start-up: `bench/import_time.py`).
+if _COMMAND_LINE and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-
-from keras_dynloss import datasets  # noqa: E402
-from keras_dynloss.callbacks import DynamicalLossScheduler  # noqa: E402
-from keras_dynloss.loss_functions import (  # noqa: E402
-    dynamical_componentwise_mean_squared_error, dynamical_crossentropy,
-    dynamical_mean_squared_error)
-from keras_dynloss.losses import (  # noqa: E402
-    Dynamical, DynamicalComponentwiseMeanSquaredError, DynamicalLoss, DynamicalMeanSquaredError,
-    dynamical)
-from keras_dynloss.schedules import ClassWeightSchedule  # noqa: E402
+_HIDDEN = [name for name in ("jax", "sklearn", "IPython", "scipy") if _COMMAND_LINE
+           and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+           and "keras" not in sys.modules and name not in sys.modules]
+sys.modules.update(dict.fromkeys(_HIDDEN))  # `import jax` raises ImportError meanwhile
+_GC = gc.isenabled()
+gc.disable()  # no collections while TensorFlow and Keras load: none of it is garbage
+try:
+    from keras_dynloss import datasets
+    from keras_dynloss.callbacks import DynamicalLossScheduler
+    from keras_dynloss.loss_functions import (
+        dynamical_componentwise_mean_squared_error, dynamical_crossentropy,
+        dynamical_mean_squared_error)
+    from keras_dynloss.losses import (
+        Dynamical, DynamicalComponentwiseMeanSquaredError, DynamicalLoss,
+        DynamicalMeanSquaredError, dynamical)
+    from keras_dynloss.schedules import ClassWeightSchedule
+finally:
+    for _name in _HIDDEN:
+        sys.modules.pop(_name, None)
+    if _COMMAND_LINE:
+        gc.freeze()  # what is loaded stays: no later collection need walk it
+    if _GC:
+        gc.enable()
 
 __version__ = "0.2.0"
 

@@ -5,8 +5,10 @@ runs); the sweeps also a Markdown table (`.md`) and each run as it ends (`.jsonl
 """
 
 import argparse
+import importlib
 import os
 import sys
+import threading
 
 from keras_dynloss.experiments._losses import LOSSES
 
@@ -123,9 +125,17 @@ def _run(module, args, **kwargs):
                       progress=not args.no_progress, **kwargs)
 
 
+def _preload_matplotlib():
+    try:  # the figure's modules, loaded while the training loop runs
+        importlib.import_module("matplotlib.backends.backend_agg")
+    except ImportError:
+        pass
+
+
 def _fig4(args):
     from keras_dynloss.experiments import fig4
 
+    threading.Thread(target=_preload_matplotlib, daemon=True).start()
     result = _run(fig4, args)
     val = result.get("val_acc")
     print(f"fig4: final training accuracy {result['final_acc']:.4f}"
