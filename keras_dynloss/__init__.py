@@ -8,10 +8,8 @@ import sys
 
 _COMMAND_LINE = (os.path.basename(sys.argv[0] if sys.argv else "").startswith("keras-dynloss")
                  or list(getattr(sys, "orig_argv", []))[1:3] == ["-m", "keras_dynloss"])
-# The command line hides TensorFlow's INFO and WARNING logs unless the user chose a level (the
-# variable counts only before TensorFlow loads), and on TensorFlow it hides, while Keras loads,
-# the optional packages whose integrations Keras and TensorFlow import when installed and the
-# command line never uses (about a second of start-up: `bench/import_time.py`).
+# The command line hides TensorFlow's INFO and WARNING logs unless the user chose a level, and
+# the optional packages Keras loads integrations of and it never uses (`bench/import_time.py`).
 if _COMMAND_LINE and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 _HIDDEN = [name for name in ("jax", "sklearn", "IPython", "scipy") if _COMMAND_LINE

@@ -1,10 +1,9 @@
-"""Command line: `python -m keras_dynloss fig4 | width-sweep | overparam [--help] ...`.
-
-Also `keras-dynloss`. Each command writes `DIR/<command>.json` and `.png` (`--out DIR`, default
-runs); the sweeps also a Markdown table (`.md`) and each run as it ends (`.jsonl`, `--resume`).
+"""`python -m keras_dynloss` (or `keras-dynloss`) `fig4 | width-sweep | overparam [--help]`:
+each writes `OUT/<command>.json` and `.png`; the sweeps also `.md` and `.jsonl` (`--resume`).
 """
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -125,11 +124,9 @@ def _run(module, args, **kwargs):
                       progress=not args.no_progress, **kwargs)
 
 
-def _preload_matplotlib():
-    try:  # the figure's modules, loaded while the training loop runs
+def _preload_matplotlib():  # the figure's modules, loaded while the training loop runs
+    with contextlib.suppress(ImportError):
         importlib.import_module("matplotlib.backends.backend_agg")
-    except ImportError:
-        pass
 
 
 def _fig4(args):

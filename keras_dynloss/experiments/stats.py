@@ -1,6 +1,4 @@
-"""Statistics for small sets of runs (seeds), whose final accuracies are often bimodal:
-`describe` a whole cell, compare two cells by ranks (`mann_whitney`), adjust p-values (`holm`).
-"""
+"""Statistics of a few seeds' (often bimodal) accuracies: `describe`, `mann_whitney`, `holm`."""
 
 import dataclasses
 
