@@ -12,7 +12,7 @@ _COMMAND_LINE = (os.path.basename(sys.argv[0] if sys.argv else "").startswith("k
 # the optional packages Keras loads integrations of and it never uses (`bench/import_time.py`).
 if _COMMAND_LINE and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-_HIDDEN = [name for name in ("jax", "sklearn", "IPython", "scipy") if _COMMAND_LINE
+_HIDDEN = [name for name in ("jax", "sklearn", "IPython", "scipy", "matplotlib") if _COMMAND_LINE
            and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
            and "keras" not in sys.modules and name not in sys.modules]
 sys.modules.update(dict.fromkeys(_HIDDEN))  # `import jax` raises ImportError meanwhile

@@ -222,8 +222,9 @@ def test_module_entry_point_help():
 
 def test_the_command_line_loads_keras_without_unused_integrations_and_restores_them():
     code = ("import sys; sys.argv[0] = 'keras-dynloss'; import keras_dynloss, gc; "
-            "print(sorted(n for n in ('jax', 'sklearn', 'IPython', 'scipy') if n in sys.modules),"
-            " gc.isenabled()); import scipy.stats, sklearn; print(scipy.stats.norm.cdf(0.0))")
+            "print(sorted(n for n in ('jax', 'sklearn', 'IPython', 'scipy', 'matplotlib') "
+            "if n in sys.modules), gc.isenabled()); import scipy.stats, sklearn, matplotlib; "
+            "print(scipy.stats.norm.cdf(0.0))")
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=300)
