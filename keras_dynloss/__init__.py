@@ -3,6 +3,7 @@ et al., ICML 2021 (arXiv 2102.03793); dynamical MSE from arXiv 2410.10690."""
 
 import gc
 import importlib
+import json
 import os
 import sys
 
@@ -12,9 +13,21 @@ _COMMAND_LINE = (os.path.basename(sys.argv[0] if sys.argv else "").startswith("k
 # the optional packages Keras loads integrations of and it never uses (`bench/import_time.py`).
 if _COMMAND_LINE and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-_HIDDEN = [name for name in ("jax", "sklearn", "IPython", "scipy", "matplotlib") if _COMMAND_LINE
-           and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
-           and "keras" not in sys.modules and name not in sys.modules]
+
+
+def _keras_backend():
+    """The backend Keras will load: `KERAS_BACKEND`, else its `keras.json`'s, else TensorFlow."""
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return os.environ.get("KERAS_BACKEND") or json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+_HIDDEN = [name for name in ("jax", "sklearn", "IPython", "scipy", "matplotlib")
+           if _COMMAND_LINE and "keras" not in sys.modules and name not in sys.modules
+           and _keras_backend() == "tensorflow"]
 sys.modules.update(dict.fromkeys(_HIDDEN))  # `import jax` raises ImportError meanwhile
 _GC = gc.isenabled()
 gc.disable()  # no collections while TensorFlow and Keras load: none of it is garbage

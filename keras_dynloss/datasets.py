@@ -1,7 +1,5 @@
-"""Datasets of the paper's experiments as NumPy arrays `(x, y)`: `x` float32 (images scaled
-to [0, 1]; the spiral also in float64), `y` int32 class labels. `digits` (scikit-learn) and
-`tfds_dataset` need `pip install "keras_dynloss[datasets]"`.
-"""
+"""Datasets as NumPy `(x, y)`: `x` float32 (images in [0, 1]; the spiral also float64), `y`
+int32 labels. `digits` and `tfds_dataset` need `pip install "keras_dynloss[datasets]"`."""
 
 import gzip
 import os

@@ -230,3 +230,16 @@ def test_the_command_line_loads_keras_without_unused_integrations_and_restores_t
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[] True", "0.5"]
+
+
+def test_the_command_line_hides_nothing_when_keras_json_names_another_backend(tmp_path):
+    pytest.importorskip("jax")
+    (tmp_path / "keras.json").write_text('{"backend": "jax"}')
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)
+    code = ("import sys; sys.argv[0] = 'keras-dynloss'; import keras_dynloss, keras; "
+            "print(keras.backend.backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "jax"

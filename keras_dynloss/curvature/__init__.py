@@ -1,8 +1,4 @@
-"""Curvature of a Keras model on every backend (Hessian, Gauss-Newton, NTK): operators,
-algorithms on any `v -> A v`, entry points and probes during training. Example:
-
-    >>> hessian_eigenvalues(model, model.loss, (x, y), k=3).eigenvalues
-"""
+"""Hessian, Gauss-Newton and NTK spectra of a Keras model, and probes during training."""
 
 from keras_dynloss.curvature.errors import NotTwiceDifferentiableError
 from keras_dynloss.curvature.in_step import InStepProbe

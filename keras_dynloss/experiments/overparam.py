@@ -1,8 +1,6 @@
-"""The dynamical loss in the overparameterised regime: amplitude x period on Fashion-MNIST.
-
-A wide MLP or a Myrtle-style CNN fits a small class-balanced subset with minibatch SGD; Γ(t)
-has a period of P epochs, the last P static. A = 1 (cross-entropy) does not depend on P: it is
-trained once per seed (`period` None) and is the baseline of every (A, P) cell.
+"""Amplitude x period on Fashion-MNIST: a wide MLP or a Myrtle-style CNN fits a small
+class-balanced subset with minibatch SGD; Γ(t) has a period of P epochs, the last P static.
+A = 1 (cross-entropy) is trained once per seed (`period` None), the baseline of every cell.
 """
 
 import math

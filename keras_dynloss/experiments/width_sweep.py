@@ -1,8 +1,5 @@
-"""Final accuracy on the spiral against network width, amplitude A and seed.
-
-Each run is `_spiral.train_spiral` with an objective of `_losses`; each (width, A) cell is
-described by its distribution over seeds (often bimodal), each A ≠ 1 compared with A = 1.
-"""
+"""Final spiral accuracy against width, amplitude A and seed (`_spiral.train_spiral`): each
+(width, A) cell described over seeds (often bimodal), each A ≠ 1 compared with A = 1."""
 
 import json
 import math
